@@ -1,0 +1,91 @@
+"""``python -m replication <command>``: the small commands the DVC stages run.
+
+Each command reads params.yaml, calls library functions and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from replication import config
+from replication.data import imagenet, mnist
+from replication.data.fetch import Network, mirror_root
+from replication.errors import ReplicationError
+from replication.fileio import write_json
+
+log = logging.getLogger("replication")
+
+
+def _network(params: dict) -> Network:
+    return Network(**config.get(params, "data.network"))
+
+
+def cmd_data_idx(args: argparse.Namespace, params: dict) -> None:
+    sources = mnist.prepare(args.dataset, args.out, mirror=mirror_root(),
+                            network=_network(params))
+    for file, source in sources.items():
+        log.info("%s/%s <- %s", args.dataset, file, source)
+    summary = mnist.summarize(args.dataset, args.out, config.get(params, "data.validation_size"))
+    write_json(args.metrics, summary)
+
+
+def cmd_data_imagenet_sample(args: argparse.Namespace, params: dict) -> None:
+    source = imagenet.prepare_sample(args.out, mirror=mirror_root(),
+                                     network=_network(params))
+    log.info("imagenet sample <- %s", source)
+    write_json(args.metrics, imagenet.summarize(args.out))
+
+
+def cmd_data_ilsvrc2012(args: argparse.Namespace, params: dict) -> None:
+    manifest = imagenet.prepare_ilsvrc2012_val(args.archives, args.out)
+    if not manifest["available"]:
+        log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])
+
+
+def cmd_report(args: argparse.Namespace, params: dict) -> None:
+    from replication.report import write_report
+
+    verdicts = write_report(args.claims, args.out, params["profile"])
+    log.info("report: %d claims -> %s", len(verdicts), Path(args.out) / "replication.md")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m replication", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (params.yaml)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    idx = commands.add_parser("data-idx", help="MNIST / Fashion-MNIST: fetch, verify, summarise")
+    idx.add_argument("dataset", choices=sorted(mnist.DATASETS))
+    idx.add_argument("--out", required=True, help="folder for the decompressed IDX files")
+    idx.add_argument("--metrics", required=True, help="JSON summary (sizes, class counts)")
+    idx.set_defaults(run=cmd_data_idx)
+
+    sample = commands.add_parser("data-imagenet-sample", help="the 1000-image ImageNet sample")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--metrics", required=True)
+    sample.set_defaults(run=cmd_data_imagenet_sample)
+
+    val = commands.add_parser("data-ilsvrc2012", help="ILSVRC2012 validation from your archives")
+    val.add_argument("--archives", required=True, help="folder holding the archives (data/)")
+    val.add_argument("--out", required=True)
+    val.set_defaults(run=cmd_data_ilsvrc2012)
+
+    report = commands.add_parser("report", help="verdict of every claim: reports/replication.md")
+    report.add_argument("--claims", default="claims")
+    report.add_argument("--out", default="reports")
+    report.set_defaults(run=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args, config.load_params(args.params))
+    except ReplicationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,31 @@
+"""Errors a user can act on. Each message says what is wrong and how to fix it."""
+
+
+class ReplicationError(Exception):
+    """Base class: the command-line entry point prints these without a traceback."""
+
+
+class ConfigError(ReplicationError):
+    """A parameter in params.yaml (or a claims file) is missing or invalid."""
+
+
+class DataError(ReplicationError):
+    """Input data is missing, unreadable or malformed."""
+
+
+class DataUnavailable(DataError):
+    """A raw file could be obtained neither from the mirror nor from upstream."""
+
+
+class ChecksumMismatch(DataError):
+    """A raw file's SHA-256 differs from the digest pinned in the package."""
+
+    def __init__(self, name: str, source: str, expected: str, actual: str):
+        self.name, self.source, self.expected, self.actual = name, source, expected, actual
+        super().__init__(
+            f"checksum mismatch for {name} (from {source}):\n"
+            f"  expected sha256 {expected}\n"
+            f"  actual   sha256 {actual}\n"
+            "The copy is corrupted or is not the file this project pins. Delete it (or fix the "
+            "mirror) and run the stage again."
+        )

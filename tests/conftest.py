@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _mirror() -> Path | None:
+    value = os.environ.get("REPLICATION_MIRROR")
+    candidate = Path(value).expanduser() if value else ROOT.parent / "shared" / "datasets"
+    if not candidate.is_absolute():
+        candidate = ROOT / candidate
+    return candidate.resolve() if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The local data mirror (REPLICATION_MIRROR or ../shared/datasets); skip when absent."""
+    found = _mirror()
+    if found is None:
+        pytest.skip("no data mirror: set REPLICATION_MIRROR to a folder like ../shared/datasets")
+    return found
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every download fails as it would offline; returns the list of URLs that were tried."""
+    tried: list[str] = []
+
+    def refuse(url, *args, **kwargs):
+        tried.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return tried
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders a failed atomic write might have left behind."""
+    return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name)

@@ -1,0 +1,115 @@
+"""Claims: verdicts computed from metrics files, clear errors for malformed claims, the report."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from replication.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate, load_claims
+from replication.errors import ConfigError
+from replication.report import write_report
+
+
+def _write(tmp_path, claims_yaml: str, metrics: dict | None = None):
+    (tmp_path / "claims").mkdir(exist_ok=True)
+    (tmp_path / "claims" / "sanity_checks.yaml").write_text(textwrap.dedent(claims_yaml))
+    if metrics is not None:
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        (tmp_path / "metrics" / "m.json").write_text(json.dumps(metrics))
+
+
+CLAIMS = """
+claims:
+  - id: C1
+    where: Fig. 6
+    statement: IG ABS similarity is about 0.99
+    paper_value: 0.99
+    check: {op: approx, tolerance: 0.1}
+    ours: {file: metrics/m.json, key: ig.abs}
+  - id: C2
+    statement: Gradient ABS below 0.3
+    check: {op: "<", threshold: 0.3}
+    ours: {file: metrics/m.json, key: grad.abs}
+  - id: C3
+    statement: test accuracy at chance
+    check: {op: between, threshold: [0.075, 0.125]}
+    ours: {file: metrics/m.json, key: accs.1}
+  - id: C4
+    statement: a stage that has not run
+    paper_value: 1
+    check: {op: "=="}
+    ours: {file: metrics/absent.json, key: x}
+  - id: C5
+    statement: a key the stage did not write
+    paper_value: 1
+    check: {op: ">="}
+    ours: {file: metrics/m.json, key: nothing.here}
+"""
+
+
+def test_verdicts_follow_the_metrics(tmp_path):
+    _write(tmp_path, CLAIMS, {"ig": {"abs": 0.95}, "grad": {"abs": 0.31}, "accs": [0.99, 0.1]})
+    verdicts = {c.id: evaluate(c, tmp_path) for c in load_claims(tmp_path / "claims")}
+    assert verdicts["C1"].status == REPRODUCED and verdicts["C1"].our_value == 0.95
+    assert verdicts["C2"].status == NOT_REPRODUCED
+    assert verdicts["C3"].status == REPRODUCED
+    assert verdicts["C4"].status == NOT_RUN and "not produced" in verdicts["C4"].reason
+    assert verdicts["C5"].status == NOT_RUN and "nothing.here" in verdicts["C5"].reason
+
+
+def test_the_same_claim_fails_when_the_metric_moves(tmp_path):
+    _write(tmp_path, CLAIMS, {"ig": {"abs": 0.85}, "grad": {"abs": 0.1}, "accs": [0.9, 0.2]})
+    verdicts = {c.id: evaluate(c, tmp_path) for c in load_claims(tmp_path / "claims")}
+    assert [verdicts[i].status for i in ("C1", "C2", "C3")] == [
+        NOT_REPRODUCED, REPRODUCED, NOT_REPRODUCED]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{id: X, statement: s, ours: {file: f}, check: {op: '=='}, paper_value: 1}", "'file' and 'key'"),
+    ("{id: X, statement: s, ours: {file: f, key: k}, check: {op: '~'}}", "check.op '~'"),
+    ("{id: X, statement: s, ours: {file: f, key: k}, check: {op: approx}, paper_value: 1}", "tolerance"),
+    ("{id: X, statement: s, ours: {file: f, key: k}, check: {op: between, threshold: 1}}", "low, high"),
+    ("{id: X, statement: s, ours: {file: f, key: k}, check: {op: '>='}}", "paper_value or"),
+    ("{id: X, statement: s, check: {op: '=='}}", "lacks 'ours'"),
+    ("{id: X, paper: nature, statement: s, ours: {file: f, key: k}, check: {op: '=='}, paper_value: 1}",
+     "paper 'nature'"),
+])
+def test_malformed_claims_are_rejected_with_the_reason(tmp_path, entry, message):
+    _write(tmp_path, f"claims:\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_claims(tmp_path / "claims")
+
+
+def test_duplicate_ids_are_rejected(tmp_path):
+    entry = "{id: X, statement: s, ours: {file: f, key: k}, check: {op: '=='}, paper_value: 1}"
+    _write(tmp_path, f"claims:\n  - {entry}\n  - {entry}\n")
+    with pytest.raises(ConfigError, match="repeated: \\['X'\\]"):
+        load_claims(tmp_path / "claims")
+
+
+def test_report_puts_paper_and_measured_values_side_by_side(tmp_path):
+    _write(tmp_path, CLAIMS, {"ig": {"abs": 0.95}, "grad": {"abs": 0.31}, "accs": [0.99, 0.1]})
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "fig6.png").write_bytes(b"png")
+    text = (tmp_path / "claims" / "sanity_checks.yaml").read_text()
+    text = text.replace("    where: Fig. 6\n", "    where: Fig. 6\n    figure_file: figures/fig6.png\n")
+    (tmp_path / "claims" / "sanity_checks.yaml").write_text(text)
+    write_report(tmp_path / "claims", tmp_path / "reports", "smoke", root=tmp_path)
+    markdown = (tmp_path / "reports" / "replication.md").read_text()
+    assert "profile **smoke**" in markdown
+    assert "5 claims: 2 reproduced, 1 not reproduced, 2 not run" in markdown
+    assert "| C1 | [Fig. 6](../figures/fig6.png) | IG ABS similarity is about 0.99 | 0.99 | 0.95 |" in markdown
+    assert "## Sanity Checks for Saliency Maps" in markdown
+    records = json.loads((tmp_path / "reports" / "claims.json").read_text())
+    assert records[0] == {"id": "C1", "paper": "sanity_checks", "status": "reproduced",
+                          "paper_value": 0.99, "our_value": 0.95}
+    assert [r["status"] for r in records][3:] == ["not run", "not run"]
+
+
+def test_repository_claims_are_well_formed():
+    from conftest import ROOT
+
+    claims = load_claims(ROOT / "claims")
+    assert claims and all(c.ours_file.startswith("metrics/") for c in claims)
