@@ -20,9 +20,15 @@ def _mirror() -> Path | None:
 
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    """The local data mirror (REPLICATION_MIRROR or ../shared/datasets); skip when absent."""
+    """The local data mirror (REPLICATION_MIRROR or ../shared/datasets).
+
+    Tests that need real data skip when no mirror is configured, but a REPLICATION_MIRROR that
+    names a missing folder (a broken CI set-up) fails them instead of silently skipping.
+    """
     found = _mirror()
     if found is None:
+        if os.environ.get("REPLICATION_MIRROR"):
+            pytest.fail(f"REPLICATION_MIRROR={os.environ['REPLICATION_MIRROR']} is not a folder")
         pytest.skip("no data mirror: set REPLICATION_MIRROR to a folder like ../shared/datasets")
     return found
 
