@@ -1,0 +1,648 @@
+"""The attribution engine: agreement with Captum, pytorch-grad-cam, TorchCAM and Zennit; the
+papers' identities; Expected Grad-CAM's special cases; ParchGrad's variance identities;
+batched equals one image at a time; clear errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from replication.attribution import (ChannelStatistics, LayerStatistics, attribute,
+                                     available_methods, create_method, partition_gradient,
+                                     postprocess)
+from replication.attribution._base import image_generators
+from replication.errors import ConfigError
+from replication.models import create_model
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return create_model("mnist_cnn")
+
+
+@pytest.fixture(scope="module")
+def digits(mirror, tmp_path_factory):
+    """Four real MNIST test digits in [0, 1] and their labels."""
+    from replication.data import mnist
+
+    folder = tmp_path_factory.mktemp("mnist")
+    mnist.prepare("mnist", folder, mirror=mirror)
+    images, labels = mnist.load(folder, "test")
+    return (torch.from_numpy(images[:4].astype(np.float32) / 255).unsqueeze(1),
+            torch.from_numpy(labels[:4]))
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def photos(lite0, mirror):
+    """Two real sample images through Lite0's preprocessing, with their true classes."""
+    from PIL import Image
+
+    from replication.data import imagenet
+
+    names = ["n01530575_brambling.JPEG", "n09472597_volcano.JPEG"]
+    transform = lite0.preprocessing.transform()
+    folder = mirror / imagenet.SAMPLE_MIRROR_FOLDER
+    images = torch.stack([transform(Image.open(folder / n).convert("RGB")) for n in names])
+    return images, torch.tensor([imagenet.class_index(n.split("_")[0]) for n in names])
+
+
+def _close(ours: torch.Tensor, reference, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    reference = torch.as_tensor(np.asarray(reference), dtype=ours.dtype)
+    torch.testing.assert_close(ours, reference.reshape(ours.shape), rtol=rtol, atol=atol)
+
+
+# --- pytorch-grad-cam ---------------------------------------------------------------------------
+
+GRAD_CAM_LIBRARY = {
+    "gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+}
+
+
+def _library_cam(method: str, model: nn.Module, layer: nn.Module, inputs, targets) -> np.ndarray:
+    """pytorch-grad-cam's raw map (its ReLU'd ``get_cam_image``, before it min-max scales and
+    resizes), from activations and gradients its own hooks captured."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = getattr(pytorch_grad_cam, GRAD_CAM_LIBRARY[method])(model=model, target_layers=[layer])
+    try:
+        outputs = cam.activations_and_grads(inputs)
+        chosen = [ClassifierOutputTarget(int(t)) for t in targets]
+        grads = None
+        if cam.uses_gradients:
+            model.zero_grad()
+            sum(c(o) for c, o in zip(chosen, outputs)).backward()
+            grads = cam.activations_and_grads.gradients[0].numpy()
+        activations = cam.activations_and_grads.activations[0].numpy()
+        raw = cam.get_cam_image(inputs, layer, chosen, activations, grads, eigen_smooth=False)
+    finally:
+        cam.activations_and_grads.release()
+    return np.maximum(raw, 0)
+
+
+@pytest.mark.parametrize("method", sorted(GRAD_CAM_LIBRARY))
+def test_cams_equal_pytorch_grad_cam_on_the_mnist_cnn(cnn, digits, method):
+    images, labels = digits
+    ours = attribute(method, cnn, images, labels)
+    assert ours.shape == (4, 1, 14, 14)
+    # Tolerance: float32 round-off of sums over 64 channels (Score-CAM through a softmax).
+    _close(ours, _library_cam(method, cnn.model, cnn.module(cnn.cam_layer), images, labels),
+           rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam"])
+def test_gradient_cams_equal_pytorch_grad_cam_on_lite0(lite0, photos, method):
+    images, labels = photos
+    ours = attribute(method, lite0, images, labels)
+    assert ours.shape == (2, 1, 7, 7)
+    _close(ours, _library_cam(method, lite0.model, lite0.module(lite0.cam_layer), images, labels),
+           rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
+def test_perturbation_cams_equal_pytorch_grad_cam_on_lite0(lite0, photos, method):
+    # The 32-channel stem (ReLU6 output) at a reduced input size keeps the per-channel forwards
+    # cheap. It is non-negative, where the library's Ablation-CAM zeroes channels as the paper
+    # does (on layers with negative values it writes min − 1e7 instead; ours always zeroes).
+    images = F.interpolate(photos[0][:1], size=128, mode="bilinear", align_corners=False)
+    labels = photos[1][:1]
+    ours = attribute(method, lite0, images, labels, layer="bn1")
+    reference = _library_cam(method, lite0.model, lite0.module("bn1"), images, labels)
+    _close(ours, reference, rtol=1e-3, atol=1e-5)
+
+
+def test_normalised_upsampled_gradcam_equals_the_librarys_output(lite0, photos):
+    """The library's full output is our raw map after the explicit post-processing steps."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    images, labels = photos
+    ours = postprocess.minmax(postprocess.upsample(attribute("gradcam", lite0, images, labels), 224))
+    with GradCAM(model=lite0.model, target_layers=[lite0.module(lite0.cam_layer)]) as cam:
+        library = cam(images, targets=[ClassifierOutputTarget(int(t)) for t in labels])
+    _close(ours, library, rtol=1e-3, atol=1e-4)
+
+
+# --- Captum -------------------------------------------------------------------------------------
+
+
+def test_gradient_and_input_x_gradient_equal_captum(lite0, photos):
+    from captum.attr import InputXGradient, Saliency
+
+    images, labels = photos
+    _close(attribute("gradient", lite0, images, labels),
+           Saliency(lite0.model).attribute(images, target=labels, abs=False).detach())
+    _close(attribute("input_x_gradient", lite0, images, labels),
+           InputXGradient(lite0.model).attribute(images, target=labels).detach())
+
+
+def test_integrated_gradients_authors_rule_and_captums(cnn, digits):
+    from captum.attr import IntegratedGradients, Saliency
+
+    images, labels = digits
+    ours = attribute("integrated_gradients", cnn, images, labels, steps=20)
+    # The authors' rule: equal weights on linspace(0, 1, steps), both end points.
+    saliency = Saliency(cnn.model)
+    expected = sum(saliency.attribute(a * images, target=labels, abs=False)
+                   for a in torch.linspace(0, 1, 20)) / 20 * images
+    _close(ours, expected.detach())
+    # Any other rule is Captum's, and all rules converge to the same integral.
+    captum = IntegratedGradients(cnn.model).attribute(images, target=labels, n_steps=64).detach()
+    _close(attribute("integrated_gradients", cnn, images, labels, steps=64,
+                     integration="gausslegendre"), captum)
+    fine = attribute("integrated_gradients", cnn, images, labels, steps=400)
+    assert (fine - captum).norm() / captum.norm() < 0.02
+
+
+def test_integrated_gradients_completeness(cnn, digits):
+    images, labels = digits
+    maps = attribute("integrated_gradients", cnn, images, labels, steps=300)
+    with torch.no_grad():
+        logits = cnn.model(images).gather(1, labels[:, None])[:, 0]
+        baseline = cnn.model(torch.zeros_like(images)).gather(1, labels[:, None])[:, 0]
+    difference = logits - baseline
+    assert torch.all((maps.sum((1, 2, 3)) - difference).abs() <= 0.01 * difference.abs())
+
+
+def test_guided_backprop_equals_captum_on_relu_models(cnn, digits):
+    from captum.attr import GuidedBackprop
+
+    images, labels = digits
+    _close(attribute("guided_backprop", cnn, images, labels),
+           GuidedBackprop(cnn.model).attribute(images, target=labels).detach())
+
+
+class _GuidedReLU6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp(0, 6)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ((x > 0) & (x < 6) & (grad > 0))
+
+
+class _GuidedReLU6Module(nn.Module):
+    def forward(self, x):
+        return _GuidedReLU6.apply(x)
+
+
+def test_guided_backprop_handles_relu6_where_captum_silently_does_not(lite0, photos):
+    """Captum's GuidedBackprop only overrides nn.ReLU: on Lite0 (ReLU6) it is the plain gradient."""
+    import copy
+
+    from captum.attr import GuidedBackprop
+
+    images, labels = photos
+    plain = attribute("gradient", lite0, images[:1], labels[:1])
+    captum = GuidedBackprop(lite0.model).attribute(images[:1], target=labels[:1]).detach()
+    _close(captum, plain)  # the trap, documented
+    ours = attribute("guided_backprop", lite0, images[:1], labels[:1])
+    assert (ours - plain).norm() > 0.1 * plain.norm()
+    # An independent implementation: every ReLU6 module swapped for an autograd function.
+    swapped = copy.deepcopy(lite0.model).eval()
+    for name, module in list(swapped.named_modules()):
+        if isinstance(module, nn.ReLU6):
+            parent, _, child = name.rpartition(".")
+            setattr(swapped.get_submodule(parent) if parent else swapped, child, _GuidedReLU6Module())
+    x = images[:1].clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(swapped(x)[0, labels[0]], x)
+    _close(ours, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_backprop_on_inception_v3_is_not_the_plain_gradient():
+    torch.manual_seed(0)
+    card = create_model("inception_v3", pretrained=False)
+    image = torch.randn(1, 3, 299, 299)
+    guided = attribute("guided_backprop", card, image, 3)
+    plain = attribute("gradient", card, image, 3)
+    assert (guided - plain).norm() > 0.1 * plain.norm()
+
+
+def _our_noise(images: torch.Tensor, n: int, level: float, seed: int) -> torch.Tensor:
+    """The noise our wrappers draw: image-major, σ = level · (max − min) of each image."""
+    generators = image_generators(images, seed)
+    flat = images.flatten(1)
+    sigma = level * (flat.amax(1) - flat.amin(1))
+    return torch.cat([sigma[i] * torch.stack([torch.randn(images.shape[1:], generator=g)
+                                              for _ in range(n)])
+                      for i, g in enumerate(generators)])
+
+
+@pytest.mark.parametrize("ours, nt_type", [("smoothgrad", "smoothgrad"),
+                                           ("smoothgrad_sq", "smoothgrad_sq"),
+                                           ("vargrad", "vargrad")])
+def test_noise_wrappers_equal_captum_noise_tunnel_given_the_same_noise(monkeypatch, cnn, digits,
+                                                                     ours, nt_type):
+    from captum.attr import NoiseTunnel, Saliency
+
+    images, labels = digits
+    noise = _our_noise(images, 6, 0.15, seed=7)
+    monkeypatch.setattr(torch, "normal", lambda mean, std: noise.to(std.dtype))
+    captum = NoiseTunnel(Saliency(cnn.model)).attribute(
+        images, nt_type=nt_type, nt_samples=6, stdevs=1.0, target=labels, abs=False).detach()
+    monkeypatch.undo()
+    _close(attribute(ours, cnn, images, labels, n_samples=6, seed=7), captum, rtol=1e-4, atol=1e-6)
+
+
+# --- identities (Sanity Checks §5) --------------------------------------------------------------
+
+
+class _Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 5)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def test_linear_model_identities():
+    """f(x) = w·x: Gradient = SmoothGrad = w; IG (zero baseline) = w ⊙ x = Gradient⊙Input."""
+    torch.manual_seed(0)
+    model = _Linear()
+    x, t = torch.randn(3, 3, 8, 8), torch.tensor([0, 2, 4])
+    w = model.fc.weight.detach()[t].view(3, 3, 8, 8)
+    _close(attribute("gradient", model, x, t), w)
+    _close(attribute("smoothgrad", model, x, t, n_samples=5), w)
+    _close(attribute("integrated_gradients", model, x, t, steps=7), w * x)
+    _close(attribute("input_x_gradient", model, x, t), w * x)
+    _close(attribute("vargrad", model, x, t, n_samples=5), torch.zeros_like(x), atol=1e-6)
+
+
+# --- TorchCAM, Integrated Grad-CAM, Expected Grad-CAM -------------------------------------------
+
+
+def test_smooth_gradcam_pp_without_noise_is_gradcam_pp_and_torchcam_differs_as_documented(
+        monkeypatch, lite0, photos):
+    """Without noise ours is Grad-CAM++ (eq. 19, checked against pytorch-grad-cam above).
+    TorchCAM's SmoothGradCAMpp uses the denominator 2g² + Σ(g³·A) instead of 2g² + ΣA·g³
+    (libraries.md §1.5): given the same gradients, TorchCAM equals that formula exactly."""
+    from torchcam.methods import SmoothGradCAMpp
+
+    from replication.attribution._base import layer_gradients
+
+    images, labels = photos
+    ours = attribute("smooth_gradcam_pp", lite0, images, labels, n_samples=3, noise_std=0.0)
+    _close(ours, attribute("gradcam_pp", lite0, images, labels), rtol=1e-4, atol=1e-6)
+    with SmoothGradCAMpp(lite0.model, target_layer=lite0.cam_layer, num_samples=3) as extractor:
+        monkeypatch.setattr(extractor._distrib, "sample", lambda shape: torch.zeros(shape))
+        scores = lite0.model(images)
+        (library,) = extractor(labels.tolist(), scores, normalized=False)
+    a, g = layer_gradients(lite0.model, lite0.module(lite0.cam_layer), images, labels)
+    alpha = g ** 2 / (2 * g ** 2 + (g ** 3 * a).sum((2, 3), keepdim=True) + 1e-8)
+    torchcam_formula = F.relu((((alpha * F.relu(g)).sum((2, 3), keepdim=True)) * a).sum(1))
+    _close(torchcam_formula, library.detach(), rtol=1e-3, atol=1e-5)
+    assert not torch.allclose(ours[:, 0], torchcam_formula, rtol=1e-2)
+
+
+def test_integrated_gradcam_is_the_sum_of_per_step_gradcams(cnn, digits):
+    images, labels = digits
+    steps = 6
+    ours = attribute("integrated_gradcam", cnn, images, labels, steps=steps, baseline="zeros")
+    expected = sum(attribute("gradcam", cnn, images * (i / steps), labels) for i in range(steps))
+    _close(ours, expected)
+
+
+@pytest.fixture(scope="module")
+def references(digits):
+    torch.manual_seed(1)
+    return torch.rand(7, 1, 28, 28)
+
+
+def test_expected_gradcam_with_no_noise_at_alpha_one_is_gradcam(cnn, digits, references):
+    images, labels = digits
+    ours = attribute("expected_gradcam", cnn, images, labels, references=references, n_samples=4,
+                     sigma=0.0, alpha=1.0)
+    _close(ours, attribute("gradcam", cnn, images, labels), rtol=1e-4, atol=1e-6)
+
+
+def test_expected_gradcam_with_a_fixed_baseline_and_the_grid_is_integrated_gradcam(cnn, digits):
+    images, labels = digits
+    ours = attribute("expected_gradcam", cnn, images, labels, references="black", n_samples=8,
+                     sigma=0.0, alpha="grid")
+    expected = attribute("integrated_gradcam", cnn, images, labels, steps=8, baseline="black",
+                         form="path_weights")
+    _close(ours, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_expected_gradcam_with_the_input_as_baseline_is_smoothgrad_cam(cnn, digits):
+    images, labels = digits
+    n, sigma = 5, 0.2
+    ours = attribute("expected_gradcam", cnn, images, labels, references="input", n_samples=n,
+                     sigma=sigma, alpha=1.0, seed=3)
+    # SmoothGrad-CAM: Grad-CAM with the gradient averaged over the same noisy inputs.
+    generators = image_generators(images, 3)
+    layer = cnn.module(cnn.cam_layer)
+    maps = []
+    for i, g in enumerate(generators):
+        gradients = []
+        for _ in range(n):
+            torch.randint(0, 1, (1,), generator=g), torch.rand((), generator=g)  # stream order
+            noisy = images[i:i + 1] + sigma * torch.randn(images.shape[1:], generator=g)
+            store = {}
+            handle = layer.register_forward_hook(lambda m, a, o: store.update(a=o))
+            score = cnn.model(noisy.requires_grad_(True))[0, labels[i]]
+            handle.remove()
+            gradients.append(torch.autograd.grad(score, store["a"])[0])
+        with torch.no_grad():
+            handle = layer.register_forward_hook(lambda m, a, o: store.update(a=o))
+            cnn.model(images[i:i + 1])
+            handle.remove()
+        weights = torch.stack(gradients).mean(0).mean((2, 3), keepdim=True)
+        maps.append(F.relu((weights * store["a"]).sum(1, keepdim=True)))
+    _close(ours, torch.cat(maps).detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_expected_gradcam_converges_as_samples_grow(cnn, digits, references):
+    images, labels = digits
+
+    def agreement(n):
+        a, b = (attribute("expected_gradcam", cnn, images, labels, references=references,
+                          n_samples=n, seed=s).flatten(1) for s in (1, 2))
+        return F.cosine_similarity(a, b).mean().item()
+
+    assert agreement(64) > agreement(2)
+
+
+def test_layer_eg_matches_captum_layer_gradient_shap_in_expectation(cnn, digits, references):
+    """Captum's LayerGradientShap samples the same quantity; with many samples both agree."""
+    from captum.attr import LayerGradientShap
+
+    images, labels = digits[0][:1], digits[1][:1]
+    ours = attribute("expected_gradcam", cnn, images, labels, references=references,
+                     n_samples=400, sigma=0.0, variant="layer_eg", relu=False)
+    torch.manual_seed(0)
+    captum = LayerGradientShap(cnn.model, cnn.module(cnn.cam_layer)).attribute(
+        images, baselines=references, n_samples=400, stdevs=0.0, target=labels).sum(1, keepdim=True)
+    assert F.cosine_similarity(ours.flatten(), captum.detach().flatten(), dim=0) > 0.98
+
+
+# --- ParchGrad ----------------------------------------------------------------------------------
+
+
+def _random_grad(batch=3, channels=8, size=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, size, size, generator=generator, dtype=torch.float64)
+
+
+def test_parchgrad_prunes_l_and_conserves_the_variance():
+    grad = _random_grad()
+    high = torch.zeros(3, 8, dtype=torch.bool)
+    high[:, :2] = True
+    out = partition_gradient(grad, high)
+    assert torch.all(out[:, 2:] == 0)
+    m = grad[:, :2].sum(1).flatten(1).var(1)
+    n = grad[:, 2:].sum(1).flatten(1).var(1)
+    torch.testing.assert_close(out[:, :2].sum(1).flatten(1).var(1), m + n + 2e-13)
+    zero_pruned = partition_gradient(grad, high, variance_conservation=False)
+    torch.testing.assert_close(zero_pruned[:, :2], grad[:, :2])
+
+
+def test_parchgrad_finite_gamma_identities():
+    grad, gamma = _random_grad(seed=1), 3.0
+    high = torch.zeros(3, 8, dtype=torch.bool)
+    high[:, :3] = True
+    out = partition_gradient(grad, high, gamma=gamma)
+    var = lambda g: g.sum(1).flatten(1).var(1)  # noqa: E731
+    m, n = var(grad[:, :3]), var(grad[:, 3:])
+    torch.testing.assert_close(var(out[:, :3]) / var(out[:, 3:]), torch.full_like(m, gamma ** 2))
+    torch.testing.assert_close(var(out[:, :3]) + var(out[:, 3:]), m + n, rtol=1e-9, atol=1e-9)
+
+
+def test_parchgrad_leaves_samples_with_an_empty_group_alone():
+    grad = _random_grad(batch=2)
+    high = torch.tensor([[True] * 8, [False] * 8])
+    torch.testing.assert_close(partition_gradient(grad, high), grad)
+
+
+def _cnn_statistics(seed=0) -> ChannelStatistics:
+    generator = torch.Generator().manual_seed(seed)
+    return ChannelStatistics("class", {
+        name: LayerStatistics(log_p=-10 * torch.rand(c, 10, generator=generator, dtype=torch.float64))
+        for name, c in (("conv1", 32), ("conv2", 64))})
+
+
+def test_parchgrad_with_every_channel_is_the_plain_gradient(cnn, digits):
+    images, labels = digits
+    _close(attribute("parchgrad", cnn, images, labels, statistics=_cnn_statistics(),
+                     channel_portion=1.0),
+           attribute("gradient", cnn, images, labels))
+
+
+def test_parchgrad_changes_the_map_and_zeroes_l_at_the_hooked_conv(cnn, digits):
+    images, labels = digits
+    stats = _cnn_statistics()
+    method = create_method("parchgrad", cnn, statistics=stats, channel_portion=0.1)
+    seen = {}
+
+    def record(module, inputs, output):  # registered after ParchGrad's: sees the modified gradient
+        output.register_hook(lambda g: seen.update(grad=g))
+
+    with method.hooks():
+        handle = cnn.module("conv2").register_forward_hook(record)
+        try:
+            method.base._attribute(images, labels)
+        finally:
+            handle.remove()
+    log_p = stats.layer("conv2").log_p[:, labels].T
+    k = int(64 * 0.1)
+    low = log_p > log_p.kthvalue(k, dim=1, keepdim=True).values
+    assert torch.all(seen["grad"][low] == 0) and seen["grad"][~low].abs().sum() > 0
+    assert not torch.allclose(method.attribute(images, labels), attribute("gradient", cnn, images, labels))
+
+
+def test_variance_conservation_only_rescales_maps_of_a_sequential_net(cnn, digits):
+    images, labels = digits
+    kwargs = dict(statistics=_cnn_statistics(), channel_portion=0.2)
+    with_vc = attribute("parchgrad", cnn, images, labels, **kwargs)
+    without = attribute("parchgrad", cnn, images, labels, variance_conservation=False, **kwargs)
+    scale = with_vc.flatten(1).norm(dim=1) / without.flatten(1).norm(dim=1)
+    assert torch.all(scale > 1)
+    _close(with_vc, without * scale.view(-1, 1, 1, 1), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("base", ["input_x_gradient", "integrated_gradients", "smoothgrad"])
+def test_parchgrad_composes_with_other_base_methods(cnn, digits, base):
+    images, labels = digits
+    params = {"integrated_gradients": {"steps": 8}, "smoothgrad": {"n_samples": 4}}.get(base, {})
+    stats = _cnn_statistics()
+    plain = attribute(base, cnn, images, labels, **params)
+    assert torch.allclose(plain, attribute("parchgrad", cnn, images, labels, statistics=stats,
+                                           base=base, base_params=params, channel_portion=1.0),
+                          rtol=1e-4, atol=1e-6)
+    pruned = attribute("parchgrad", cnn, images, labels, statistics=stats, base=base,
+                       base_params=params, channel_portion=0.1)
+    assert not torch.allclose(plain, pruned)
+
+
+def test_parchgrad_instance_mode_selects_from_the_images_own_activations(cnn, digits):
+    images, labels = digits
+    stats = ChannelStatistics("instance", {
+        name: LayerStatistics(gap_mean=torch.full((c,), 0.05, dtype=torch.float64),
+                              gap_std=torch.full((c,), 0.02, dtype=torch.float64))
+        for name, c in (("conv1", 32), ("conv2", 64))})
+    maps = attribute("parchgrad", cnn, images, labels, statistics=stats, channel_portion=0.2)
+    assert maps.shape == images.shape and not torch.allclose(maps, attribute("gradient", cnn, images, labels))
+
+
+# --- LRP ----------------------------------------------------------------------------------------
+
+
+def test_lrp_epsilon_on_a_linear_model_is_gradient_times_input():
+    torch.manual_seed(0)
+    model = _Linear()
+    nn.init.zeros_(model.fc.bias)
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
+    _close(attribute("lrp", model, x, t), attribute("input_x_gradient", model, x, t),
+           rtol=1e-3, atol=1e-5)
+
+
+def test_lrp_runs_on_lite0_with_merged_batch_norms_and_keeps_the_model_intact(lite0, photos):
+    images, labels = photos
+    with torch.no_grad():
+        before = lite0.model(images)
+    relevance = attribute("lrp", lite0, images[:1], labels[:1])
+    assert relevance.shape == (1, 3, 224, 224) and torch.isfinite(relevance).all()
+    with torch.no_grad():
+        torch.testing.assert_close(lite0.model(images), before)
+
+
+# --- every method: batched = one by one; seeded; registry ---------------------------------------
+
+CHEAP = {
+    "smoothgrad": {"n_samples": 3}, "smoothgrad_sq": {"n_samples": 3}, "vargrad": {"n_samples": 3},
+    "ig_smoothgrad": {"n_samples": 2, "steps": 3}, "integrated_gradients": {"steps": 5},
+    "integrated_gradcam": {"steps": 4}, "smooth_gradcam_pp": {"n_samples": 3},
+    "expected_gradcam": {"n_samples": 5, "references": "black"},
+}
+
+
+def _params(name: str) -> dict:
+    params = dict(CHEAP.get(name, {}))
+    if name == "parchgrad":
+        params["statistics"] = _cnn_statistics()
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_batched_equals_one_by_one(cnn, digits, name):
+    images, labels = digits
+    method = create_method(name, cnn, internal_batch_size=2, **_params(name)) \
+        if "internal_batch_size" in _parameters(name) else create_method(name, cnn, **_params(name))
+    batched = method.attribute(images, labels)
+    single = torch.cat([method.attribute(images[i:i + 1], labels[i:i + 1]) for i in range(4)])
+    _close(batched, single, rtol=1e-4, atol=1e-6)
+    assert batched.device == images.device and batched.shape[0] == 4
+
+
+def _parameters(name):
+    from replication.attribution import method_parameters
+
+    return method_parameters(name)
+
+
+def test_stochastic_methods_are_seeded(cnn, digits):
+    images, labels = digits
+    for name in ("smoothgrad", "expected_gradcam", "smooth_gradcam_pp"):
+        params = _params(name)
+        a, b = (attribute(name, cnn, images, labels, seed=1, **params) for _ in range(2))
+        c = attribute(name, cnn, images, labels, seed=2, **params)
+        assert torch.equal(a, b) and not torch.equal(a, c), name
+
+
+def test_attribution_leaves_the_models_mode_and_gradients_alone(cnn, digits):
+    images, labels = digits
+    cnn.model.zero_grad(set_to_none=True)  # oracles called .backward() on this shared model
+    cnn.model.train()
+    try:
+        attribute("gradcam", cnn, images, labels)
+        assert cnn.model.training
+    finally:
+        cnn.model.eval()
+    assert all(p.grad is None for p in cnn.model.parameters())
+
+
+def test_registry_errors_name_the_valid_choices(cnn, digits):
+    images, labels = digits
+    with pytest.raises(ConfigError, match="unknown attribution method 'occlusion'.*gradcam"):
+        attribute("occlusion", cnn, images, labels)
+    with pytest.raises(ConfigError, match="smoothgrad has no parameter 'stdevs'.*noise_level"):
+        attribute("smoothgrad", cnn, images, labels, stdevs=0.1)
+    with pytest.raises(ConfigError, match="n_samples must be a positive integer"):
+        attribute("smoothgrad", cnn, images, labels, n_samples=0)
+    with pytest.raises(ConfigError, match="integration must be one of"):
+        attribute("integrated_gradients", cnn, images, labels, integration="simpson")
+    with pytest.raises(ConfigError, match="needs a reference distribution"):
+        attribute("expected_gradcam", cnn, images, labels)
+    with pytest.raises(ConfigError, match="no layer 'layer9'"):
+        attribute("gradcam", cnn, images, labels, layer="layer9")
+    with pytest.raises(ValueError, match="4 inputs, 3 targets"):
+        attribute("gradient", cnn, images, labels[:3])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        attribute("gradient", cnn, images, torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="float tensor"):
+        attribute("gradient", cnn, images[0], labels)
+    with pytest.raises(ConfigError, match="statistics of conv1 cover 16 channels"):
+        attribute("parchgrad", cnn, images, labels, statistics=ChannelStatistics(
+            "class", {"conv1": LayerStatistics(log_p=torch.zeros(16, 10, dtype=torch.float64)),
+                      "conv2": LayerStatistics(log_p=torch.zeros(64, 10, dtype=torch.float64))}))
+
+
+def test_guided_backprop_refuses_models_whose_relus_it_cannot_see():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            return self.fc(F.relu(x.flatten(1)))
+
+    with pytest.raises(ConfigError, match="needs ReLU modules.*make_hook_safe"):
+        attribute("guided_backprop", Functional(), torch.randn(1, 3, 2, 2), 0)
+    inplace = nn.Sequential(nn.Flatten(), nn.ReLU(inplace=True), nn.Linear(12, 3))
+    with pytest.raises(ConfigError, match="in-place ReLUs"):
+        attribute("guided_backprop", inplace, torch.randn(1, 3, 2, 2), 0)
+
+
+def test_dataset_loop_runs_under_lightning_with_gradients(cnn, digits):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from replication.attribution import attribute_dataset
+
+    images, labels = digits
+    method = create_method("gradient", cnn)
+    result = attribute_dataset(method, DataLoader(TensorDataset(images, labels), batch_size=3),
+                               targets="label", accelerator="cpu", devices=1)
+    _close(result["maps"], method.attribute(images, labels))
+    assert torch.equal(result["labels"], labels)
+    predicted = attribute_dataset(method, DataLoader(TensorDataset(images, labels), batch_size=4),
+                                  accelerator="cpu", devices=1)["targets"]
+    assert torch.equal(predicted, cnn.model(images).argmax(1))
+
+
+def test_passes_count_what_each_method_needs(cnn):
+    assert create_method("gradient", cnn).passes().forward_backward == 1
+    assert create_method("smoothgrad", cnn, n_samples=7).passes().forward_backward == 7
+    assert create_method("ig_smoothgrad", cnn, n_samples=3, steps=5).passes().forward_backward == 15
+    assert create_method("scorecam", cnn).passes().forward == 65  # 64 channels + the clean pass
+    assert create_method("expected_gradcam", cnn, references="zeros",
+                         n_samples=9).passes().forward_backward == 9
+    assert math.isinf(create_method("parchgrad", cnn, statistics=_cnn_statistics()).gamma)
