@@ -1,0 +1,112 @@
+"""Bootstrap CIs and paired comparisons: agreement with scipy, coverage, NaN handling, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from replication.metrics.stats import bootstrap_ci, paired_comparison
+
+
+def _normal(n: int, mean: float = 0.0, sd: float = 1.0, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(mean, sd, n)
+
+
+def test_bootstrap_ci_is_scipys_bootstrap_of_the_mean():
+    values = _normal(40, mean=2.0)
+    ours = bootstrap_ci(values, n_resamples=2000, seed=3)
+    reference = stats.bootstrap((values,), np.mean, n_resamples=2000, rng=np.random.default_rng(3))
+    assert ours.mean == pytest.approx(values.mean(), abs=1e-12)
+    assert ours.low == pytest.approx(reference.confidence_interval.low, abs=1e-12)
+    assert ours.high == pytest.approx(reference.confidence_interval.high, abs=1e-12)
+    assert (ours.n, ours.n_dropped, ours.confidence) == (40, 0, 0.95)
+
+
+def test_bootstrap_ci_has_the_normal_theory_width_and_shrinks_with_n():
+    values = _normal(400, mean=1.0, sd=2.0, seed=1)
+    ci = bootstrap_ci(values, n_resamples=4000, seed=0)
+    half_width = 1.96 * values.std(ddof=1) / math.sqrt(len(values))
+    # BCa vs. the t/normal interval: within 10 % of the half-width for n = 400.
+    assert (ci.high - ci.low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert ci.low < values.mean() < ci.high
+    small = bootstrap_ci(values[:25], n_resamples=4000, seed=0)
+    assert small.high - small.low > 2 * (ci.high - ci.low)
+    narrower = bootstrap_ci(values, n_resamples=4000, seed=0, confidence=0.5)
+    assert narrower.high - narrower.low < ci.high - ci.low
+
+
+def test_bootstrap_ci_is_deterministic_and_seeded():
+    values = _normal(30, seed=5)
+    assert bootstrap_ci(values, seed=7) == bootstrap_ci(values, seed=7)
+    assert bootstrap_ci(values, seed=7).low != bootstrap_ci(values, seed=8).low
+
+
+def test_bootstrap_ci_drops_nans_and_handles_degenerate_samples():
+    values = np.array([1.0, np.nan, 3.0, 2.0, np.nan, 4.0])
+    ci = bootstrap_ci(values, n_resamples=1000)
+    assert (ci.n, ci.n_dropped, ci.mean) == (4, 2, 2.5)
+    finite = bootstrap_ci([1.0, 3.0, 2.0, 4.0], n_resamples=1000)
+    assert (ci.low, ci.high) == (finite.low, finite.high)
+    constant = bootstrap_ci([0.3, 0.3, 0.3])
+    assert (constant.mean, constant.low, constant.high) == (0.3, 0.3, 0.3)
+    single = bootstrap_ci([0.7, np.nan])
+    assert single.mean == 0.7 and math.isnan(single.low) and math.isnan(single.high) and single.n == 1
+    empty = bootstrap_ci([np.nan])
+    assert math.isnan(empty.mean) and empty.n == 0 and empty.n_dropped == 1
+
+
+def test_paired_comparison_detects_a_shift_and_matches_scipy():
+    base = _normal(30, seed=2)
+    a, b = base + 0.5 + 0.1 * _normal(30, seed=3), base
+    result = paired_comparison(a, b, n_resamples=2000, seed=1)
+    diff = a - b
+    assert result.mean_difference == pytest.approx(diff.mean(), abs=1e-12)
+    assert result.ci_low < result.mean_difference < result.ci_high
+    assert result.ci_low > 0.4 and result.ci_high < 0.6
+    assert result.p_value == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-12)
+    assert result.p_value < 1e-6
+    assert (result.n_pairs, result.n_dropped) == (30, 0)
+    # One-sided: a > b is supported, a < b is not.
+    assert paired_comparison(a, b, alternative="greater").p_value < 1e-6
+    assert paired_comparison(a, b, alternative="less").p_value > 0.99
+    # Swapping the methods flips the sign and keeps the two-sided p-value.
+    swapped = paired_comparison(b, a, n_resamples=2000, seed=1)
+    assert swapped.mean_difference == pytest.approx(-result.mean_difference)
+    assert swapped.p_value == pytest.approx(result.p_value)
+
+
+def test_paired_comparison_without_an_effect():
+    a = _normal(50, seed=4)
+    noise = 0.01 * _normal(25, seed=5)
+    b = a + np.concatenate([noise, -noise])  # differences symmetric about 0 by construction
+    result = paired_comparison(a, b, seed=0)
+    assert result.mean_difference == pytest.approx(0.0, abs=1e-15)
+    assert result.p_value > 0.9  # not exactly 1: a + d − a rounds, so |d| ties are not exact
+    assert result.ci_low < 0 < result.ci_high
+    same = paired_comparison(a, a)
+    assert (same.mean_difference, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_paired_comparison_drops_nan_pairs_and_reports_them():
+    a = np.array([0.9, 0.8, np.nan, 0.7, 0.95, 0.85, 0.6, 0.75])
+    b = np.array([0.5, 0.6, 0.4, np.nan, 0.55, 0.45, 0.5, 0.35])
+    result = paired_comparison(a, b, n_resamples=1000)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    assert (result.n_pairs, result.n_dropped) == (6, 2)
+    assert result.mean_difference == pytest.approx((a[keep] - b[keep]).mean())
+    assert result.p_value == pytest.approx(stats.wilcoxon(a[keep], b[keep]).pvalue)
+    assert result == paired_comparison(a, b, n_resamples=1000)  # deterministic
+    nothing = paired_comparison([np.nan, 1.0], [2.0, np.nan])
+    assert nothing.n_pairs == 0 and nothing.n_dropped == 2 and math.isnan(nothing.p_value)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"shapes \(3,\) and \(4,\) differ"):
+        paired_comparison([1, 2, 3], [1, 2, 3, 4])
+    with pytest.raises(ValueError, match="one-dimensional.*shape \\(2, 2\\)"):
+        bootstrap_ci([[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="confidence must be in \\(0, 1\\); got 95"):
+        bootstrap_ci([1, 2, 3], confidence=95)
