@@ -1,0 +1,1 @@
+"""Experiments of the three papers: each writes tidy tables; figures are drawn from them."""

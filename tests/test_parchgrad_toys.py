@@ -1,0 +1,77 @@
+"""ParchGrad toy studies: the H-vs-L sums (claim C1) and the checkerboard linearity (C13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from replication.errors import ConfigError
+from replication.experiments.parchgrad import toys
+
+
+def test_seed_21_reproduces_the_authors_sums():
+    sums = toys.toy_sums(21, "code_uniform").set_index("group")
+    expected = {"H": (-0.1805, 0.4810), "L": (0.4055, -0.2554), "total": (0.2250, 0.2256)}
+    for group, (dim1, dim2) in expected.items():
+        assert sums.loc[group, "dim1"] == pytest.approx(dim1, abs=5e-5)
+        assert sums.loc[group, "dim2"] == pytest.approx(dim2, abs=5e-5)
+    assert abs(sums.loc["total", "direction_deg"] - 45.0) < 1.0
+
+
+def test_vectors_follow_each_reading():
+    uniform = toys.toy_vectors(3, "code_uniform")
+    assert len(uniform) == 110 and set(uniform["group"]) == {"H", "L"}
+    high, low = uniform[uniform.group == "H"], uniform[uniform.group == "L"]
+    assert high["dim1"].abs().max() <= 0.05 and high["dim2"].abs().max() <= 0.5
+    assert low[["dim1", "dim2"]].abs().to_numpy().max() <= 0.05
+    # Same randn stream: the variance reading scales the 0.1 entries by √10, keeps the 1.0 ones.
+    std = toys.toy_vectors(3, "text_normal_std")
+    var = toys.toy_vectors(3, "text_normal_var")
+    np.testing.assert_allclose(var["dim1"], std["dim1"] * np.sqrt(10))
+    np.testing.assert_allclose(var.loc[var.group == "H", "dim2"],
+                               std.loc[std.group == "H", "dim2"])
+    with pytest.raises(ConfigError, match="code_uniform"):
+        toys.toy_vectors(0, "gaussian")
+
+
+def test_seed_sweep_fractions_are_deterministic():
+    sweep = toys.toy_seed_sweep()
+    assert len(sweep) == 3000
+    summary = toys.toy_sweep_summary(sweep).set_index("reading")
+    assert list(summary.index) == list(toys.READINGS)
+    fractions = summary["fraction_l_dominated"]
+    assert ((fractions > 0) & (fractions < 1)).all()
+    pd.testing.assert_frame_equal(summary, toys.toy_sweep_summary(toys.toy_seed_sweep()
+                                                                  ).set_index("reading"))
+    row = sweep[(sweep.reading == "code_uniform") & (sweep.seed == 21)].iloc[0]
+    assert row["l_dominated"] and row["angle_total_to_diagonal_deg"] < 1.0
+    # The sweep and the one-seed table agree.
+    assert row["total_dim2"] == pytest.approx(toys.toy_sums(21).iloc[2]["dim2"])
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_checkerboard_input_gradient_is_linear_in_k(dtype, tolerance):
+    table = toys.checkerboard_table(dtype=dtype)
+    assert len(table) == 9 and set(table["stride"]) == {1, 2, 3}
+    assert (table["relative_deviation"] < tolerance).all()
+    for _, rows in table.groupby("stride"):
+        scaled = rows["max_abs_grad_over_k"].to_numpy()
+        np.testing.assert_allclose(scaled, scaled[0], rtol=10 * tolerance)
+        assert rows["max_abs_grad"].max() / rows["max_abs_grad"].min() == pytest.approx(1e6,
+                                                                                      rel=1e-4)
+
+
+def test_checkerboard_shapes_and_readings():
+    grad = toys.checkerboard_input_gradient(stride=2, k=1.0)
+    assert grad.shape == (1, 1, 10, 10) and grad.abs().max() > 0
+    assert toys.checkerboard_network(3).get_submodule("2").stride == (3, 3)
+    assert toys.checkerboard_network(3, stride_on="first").get_submodule("2").stride == (1, 1)
+    # Stride 1 is the same network whatever stride_on says; strides > 1 differ.
+    first = toys.checkerboard_table(strides=[1, 2], scales=[1.0], stride_on="first")
+    both = toys.checkerboard_table(strides=[1, 2], scales=[1.0], stride_on="both")
+    assert first.loc[0, "max_abs_grad"] == both.loc[0, "max_abs_grad"]
+    assert first.loc[1, "max_abs_grad"] != both.loc[1, "max_abs_grad"]
+    with pytest.raises(ConfigError, match="stride_on"):
+        toys.checkerboard_network(2, stride_on="middle")
