@@ -1,0 +1,1 @@
+"""Metrics over attribution maps: similarity (Sanity Checks) and faithfulness (Expected Grad-CAM, ParchGrad)."""
