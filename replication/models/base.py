@@ -63,6 +63,8 @@ class ModelCard:
 
     ``randomization_blocks`` run from the output down to the input, each a label (as in the
     papers' plots) and the module names re-initialised together at that stage.
+    ``initializer`` names the ``replication.models.initializers`` entry that re-creates the
+    layers' initial weights (the authors' randomization re-ran each variable's own initialiser).
     """
 
     name: str
@@ -72,13 +74,18 @@ class ModelCard:
     cam_layer: str
     parchgrad_convs: list[str]
     num_classes: int
+    initializer: str
     notes: dict[str, str] = field(default_factory=dict)
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
     def check(self) -> "ModelCard":
-        """Every declared module name exists (a typo fails here, not deep in an experiment)."""
+        """Every declared module name exists (a typo fails here, not deep in an experiment), and
+        so does the initialiser."""
+        from replication.models.initializers import initializer  # it imports the model modules
+
+        initializer(self.initializer)
         names = [self.cam_layer, *self.parchgrad_convs]
         names += [m for _, modules in self.randomization_blocks for m in modules]
         for name in names:

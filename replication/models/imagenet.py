@@ -54,6 +54,7 @@ def vgg16(pretrained: bool = True) -> ModelCard:
     return ModelCard(
         name="vgg16", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="features.29", parchgrad_convs=convs[7:], num_classes=1000,
+        initializer="torchvision_vgg",
         notes={"cam_layer": "ReLU after the last conv (conv5_3)",
                "parchgrad_convs": "conv4_1…conv5_3, as the authors' default for VGG16-BN"},
     ).check()
@@ -68,7 +69,7 @@ def vgg16_bn(pretrained: bool = True) -> ModelCard:
     return ModelCard(
         name="vgg16_bn", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="features.42", parchgrad_convs=[f"features.{i}" for i in convs if i >= 22],
-        num_classes=1000,
+        num_classes=1000, initializer="torchvision_vgg",
         notes={"parchgrad_convs": "features[22:], the authors' default (conv4_1…conv5_3)"},
     ).check()
 
@@ -83,7 +84,7 @@ def _resnet(name: str, pretrained: bool) -> ModelCard:
     return ModelCard(
         name=name, model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="layer4", parchgrad_convs=_conv_names(model, ("layer3", "layer4")),
-        num_classes=1000,
+        num_classes=1000, initializer="torchvision_resnet",
         notes={"parchgrad_convs": "convs of layer3 and layer4 without downsample convs, the "
                                   "authors' default for ResNet-18"},
     ).check()
@@ -116,9 +117,12 @@ def inception_v3(pretrained: bool = True) -> ModelCard:
         name="inception_v3", model=model, preprocessing=INCEPTION_PREPROCESSING,
         randomization_blocks=[(label, [name]) for label, name in zip(labels, INCEPTION_BLOCKS)],
         cam_layer="Mixed_7c", parchgrad_convs=_conv_names(model, ("Mixed_7b", "Mixed_7c")),
-        num_classes=1000,
+        num_classes=1000, initializer="tf_variance_scaling",
         notes={"blocks": "the paper's 17 phases, Logits (fc) down to Conv2d_1a_3x3",
-               "classes": "1000 classes; the authors' TF-slim checkpoint had 1001 (background)"},
+               "classes": "1000 classes; the authors' TF-slim checkpoint had 1001 (background)",
+               "initializer": "the TF-slim checkpoint's variance_scaling_initializer() (σ = "
+                              "√(1.3·2/fan_in), truncated at ±2σ), which the authors re-ran; "
+                              "torchvision's own init (truncated normal σ = 0.1) is not used"},
     ).check()
 
 
@@ -132,7 +136,7 @@ def efficientnet_b0(pretrained: bool = True) -> ModelCard:
         name="efficientnet_b0", model=model, preprocessing=preprocessing,
         randomization_blocks=blocks, cam_layer="features.8",
         parchgrad_convs=["features.6.0.block.1.0", "features.7.0.block.1.0", "features.8.0"],
-        num_classes=1000,
+        num_classes=1000, initializer="torchvision_efficientnet",
         notes={"activations": "SiLU: Guided Backprop is defined for ReLU only",
                "parchgrad_convs": "the authors' default for EfficientNet-B0"},
     ).check()
@@ -179,7 +183,7 @@ def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
         name="efficientnet_lite0", model=model, preprocessing=LITE0_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="bn2",
         parchgrad_convs=["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"],
-        num_classes=1000,
+        num_classes=1000, initializer="timm_efficientnet",
         notes={"cam_layer": "bn2 = ReLU6(BN(conv_head)), the last conv stage before pooling",
                "activations": "ReLU6 modules (inside BatchNormAct2d): Guided Backprop must "
                               "treat them as ReLUs",

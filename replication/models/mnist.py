@@ -12,6 +12,8 @@ from replication.models.base import ModelCard, Preprocessing
 # Pixels / 255 in [0, 1], no normalisation, as the authors trained.
 MNIST_PREPROCESSING = Preprocessing(input_size=28, channels=1, mean=(0.0,), std=(1.0,))
 INIT_SCHEMES = ("authors_code", "pytorch_default")
+# init scheme -> the replication.models.initializers entry that re-creates it
+INITIALIZERS = {"authors_code": "mnist_authors_code", "pytorch_default": "pytorch_default"}
 
 
 class MnistCNN(nn.Module):
@@ -56,23 +58,27 @@ def truncated_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
-def initialise_layer(model: nn.Module, layer: nn.Module, scheme: str) -> None:
-    """(Re-)initialise one Conv2d/Linear as the authors' TF code did, or with PyTorch's defaults.
+def authors_code_init(model: nn.Module, layer: nn.Module) -> tuple[float, float]:
+    """(σ of the truncated-normal weights, constant bias) the authors' TF code gave ``layer``.
 
-    authors_code: CNN weights truncated normal σ = 0.1, biases 0.1; MLP weights truncated normal
-    σ = 2/√fan_in (2/√n, not √(2/n)), biases 0. The paper text says σ = 0.01 for the re-init;
-    the authors' code re-ran these initialisers (notes §2.3).
+    CNN: σ = 0.1, bias 0.1; MLP: σ = 2/√fan_in (2/√n, not √(2/n)), bias 0. The paper text says
+    σ = 0.01 for the re-init; the authors' code re-ran these initialisers (notes §2.3).
     """
+    if isinstance(model, MnistMLP):
+        return 2.0 / math.sqrt(layer.weight.shape[1]), 0.0
+    return 0.1, 0.1
+
+
+def initialise_layer(model: nn.Module, layer: nn.Module, scheme: str) -> None:
+    """(Re-)initialise one Conv2d/Linear as the authors' TF code did (``authors_code_init``), or
+    with PyTorch's defaults."""
     if scheme == "pytorch_default":
         layer.reset_parameters()
     elif scheme == "authors_code":
+        std, bias = authors_code_init(model, layer)
         with torch.no_grad():
-            if isinstance(model, MnistMLP):
-                truncated_normal_(layer.weight, 2.0 / math.sqrt(layer.weight.shape[1]))
-                layer.bias.zero_()
-            else:
-                truncated_normal_(layer.weight, 0.1)
-                layer.bias.fill_(0.1)
+            truncated_normal_(layer.weight, std)
+            layer.bias.fill_(bias)
     else:
         raise ValueError(f"unknown init scheme {scheme!r}; choose one of {list(INIT_SCHEMES)}")
 
@@ -90,7 +96,7 @@ def mnist_cnn(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
     return ModelCard(
         name="mnist_cnn", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu2", parchgrad_convs=["conv1", "conv2"],
-        num_classes=num_classes,
+        num_classes=num_classes, initializer=INITIALIZERS[init],
         notes={"paper_names": "fc2=softmax_linear, fc1=fc1, conv2=hidden2, conv1=hidden1",
                "cam_layer": "ReLU(conv2) before pooling, 14×14×64, as the authors' code"},
     ).check()
@@ -102,7 +108,7 @@ def mnist_mlp(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
     return ModelCard(
         name="mnist_mlp", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu3", parchgrad_convs=[],
-        num_classes=num_classes,
+        num_classes=num_classes, initializer=INITIALIZERS[init],
         notes={"paper_names": "fc4=logits, fc3=hidden3, fc2=hidden2, fc1=hidden1",
                "cam_layer": "an MLP has no conv layer: the papers show no Grad-CAM for it"},
     ).check()

@@ -1,0 +1,254 @@
+"""Model-parameter randomization (Sanity Checks §4; notes §4, §8, §9.2): cascading and independent.
+
+Both walk ``card.randomization_blocks`` (output block first). Cascading yields "Original"
+(index 0), then stage k re-initialises ``blocks[:k]`` (Fig. 2, 4, 5, 20); independent stage
+k = 0 … n−1 re-initialises ``blocks[k]`` alone, every other block pretrained (Fig. 3, 21).
+``RandomizationOptions`` defaults to the authors' code:
+
+``batchnorm``
+    ``"authors_code"``: re-run the initialisers of trainable parameters only (conv/linear
+    weights and biases, BN γ → 1, β → 0). BN running mean/variance keep their pretrained values:
+    they are not trainable TF variables, so the authors' ``tf.initialize_variables`` never
+    touched them (notes §4.2, §8 item 2).
+    ``"paper_text"``: "we randomize all the filter weights, biases, and batch-norm variables".
+    Our reading: every BN variable, trainable or not, goes back to its initial value, so the
+    running statistics are reset too (mean 0, variance 1) on top of ``authors_code``.
+    ``"reset_parameters"``: Quantus MPRT (notes §9.2): ``module.reset_parameters()`` for every
+    module of the block that has one (PyTorch defaults: kaiming-uniform conv/linear, BN γ 1, β 0,
+    running statistics 0/1), under the stage's seed.
+``distribution``
+    ``"truncated_normal"`` (the authors' code): each layer's own initialiser, see
+    ``replication.models.initializers``; ``"uniform"`` (the paper's "we replicated these
+    randomization for a uniform distribution"): a zero-mean uniform of the same variance. Applies
+    to ``authors_code`` and ``paper_text``; ``reset_parameters`` draws PyTorch's defaults only.
+``draws``
+    ``"fresh"`` (the authors' code): every stage reloads the pretrained weights and re-draws
+    every block it randomises, so the top block's random weights differ between stages.
+    ``"nested"``: each block's random weights are drawn once per seed and are the same in every
+    stage that randomises it.
+``seed``
+    The authors set none. Block b of stage s uses a generator seeded from (seed, s, b) under
+    ``fresh`` and from (seed, b) under ``nested`` (``block_seed``); ``Stage.seeds`` records them.
+
+The stages share ONE deep copy of the model, reloaded from ``card.model``'s state dict at every
+stage (one extra copy, also for Inception v3); ``card.model`` is never modified. ``Stage.model``
+is therefore only valid until the next stage is requested: use it inside the loop, do not
+``list()`` the iterator.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from replication.attribution import create_method
+from replication.errors import ConfigError
+from replication.models.base import ModelCard
+from replication.models.initializers import Initializer, check_distribution, initializer, reinitialise
+
+BATCHNORM_MODES = ("authors_code", "paper_text", "reset_parameters")
+DRAW_MODES = ("fresh", "nested")
+TARGET_MODES = ("predicted", "label")
+ORIGINAL = "Original"
+
+
+@dataclass(frozen=True)
+class RandomizationOptions:
+    """How blocks are re-initialised; the defaults are the authors' code (module docstring)."""
+
+    batchnorm: str = "authors_code"
+    distribution: str = "truncated_normal"
+    draws: str = "fresh"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise ConfigError(f"unknown batchnorm option {self.batchnorm!r}; choose one of "
+                              f"{list(BATCHNORM_MODES)} (authors_code is the authors' code)")
+        check_distribution(self.distribution)
+        if self.batchnorm == "reset_parameters" and self.distribution != "truncated_normal":
+            raise ConfigError("batchnorm='reset_parameters' re-draws PyTorch's defaults (as "
+                              "Quantus does); distribution='uniform' applies to authors_code and "
+                              "paper_text only")
+        if self.draws not in DRAW_MODES:
+            raise ConfigError(f"unknown draws option {self.draws!r}; choose 'fresh' (the "
+                              "authors' code) or 'nested'")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> "RandomizationOptions":
+        """From a params.yaml mapping; an unknown key is an error, a missing one the default."""
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(params) - known:
+            raise ConfigError(f"unknown randomization option(s) {sorted(set(params) - known)}; "
+                              f"the options are {sorted(known)}")
+        return cls(**params)
+
+    def as_params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """One randomization stage. ``index`` is the stage's position in its sequence: cascading
+    0 = "Original" and k = ``blocks[:k]`` randomised (the x-position of the papers' plots);
+    independent k = ``blocks[k]`` alone (its plot position is k + 1 beside an original)."""
+
+    label: str
+    index: int
+    randomized: tuple[str, ...]
+    model: nn.Module
+    seeds: dict[str, int] = field(default_factory=dict)  # block label -> generator seed
+
+
+def block_seed(options: RandomizationOptions, stage_index: int, block_label: str) -> int:
+    """The seed of one block's generator: from (seed, stage, block) under ``fresh``, from
+    (seed, block) under ``nested``."""
+    if options.draws == "nested":
+        key = f"{options.seed}/nested/{block_label}"
+    else:
+        key = f"{options.seed}/fresh/{stage_index}/{block_label}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+
+
+def _blocks(card: ModelCard) -> list[tuple[str, list[str]]]:
+    blocks = list(card.randomization_blocks)
+    if not blocks:
+        raise ConfigError(f"{card.name} declares no randomization blocks")
+    labels = [label for label, _ in blocks]
+    if len(set(labels)) != len(labels) or ORIGINAL in labels:
+        raise ConfigError(f"{card.name}: block labels must be unique and not {ORIGINAL!r}; "
+                          f"got {labels}")
+    return blocks
+
+
+def _unique_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    seen: set[int] = set()
+    modules = []
+    for name in names:
+        for module in model.get_submodule(name).modules():
+            if id(module) not in seen:
+                seen.add(id(module))
+                modules.append(module)
+    return modules
+
+
+def _reset_parameters(model: nn.Module, modules: list[nn.Module], seed: int) -> None:
+    # reset_parameters() takes no generator: seed the global RNGs of the model's devices inside
+    # a fork, so the caller's random state (every device's) is left as it was.
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        for module in modules:
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+
+def randomize_block(model: nn.Module, module_names: Sequence[str], init: Initializer | None,
+                    options: RandomizationOptions, seed: int) -> None:
+    """Re-initialise the modules ``module_names`` of ``model`` in place (``options``)."""
+    modules = _unique_modules(model, module_names)
+    if options.batchnorm == "reset_parameters":
+        _reset_parameters(model, modules, seed)
+        return
+    if init is None:
+        raise ConfigError(f"batchnorm={options.batchnorm!r} needs the model's initializer")
+    generator = torch.Generator().manual_seed(seed)
+    for module in modules:
+        reinitialise(model, module, init, generator, options.distribution)
+        if options.batchnorm == "paper_text" and isinstance(module, _BatchNorm):
+            module.reset_running_stats()
+
+
+def _stages(card: ModelCard, options: RandomizationOptions | None,
+            plan: list[tuple[int, str, list[int]]]) -> Iterator[Stage]:
+    options = options or RandomizationOptions()
+    blocks = _blocks(card)
+    init = None if options.batchnorm == "reset_parameters" else initializer(card.initializer)
+    working = copy.deepcopy(card.model)
+    original = card.model.state_dict()
+    for index, label, chosen in plan:
+        working.load_state_dict(original)
+        seeds: dict[str, int] = {}
+        for b in chosen:
+            block_label, module_names = blocks[b]
+            seeds[block_label] = block_seed(options, index, block_label)
+            randomize_block(working, module_names, init, options, seeds[block_label])
+        yield Stage(label=label, index=index, randomized=tuple(blocks[b][0] for b in chosen),
+                    model=working.eval(), seeds=seeds)
+
+
+def cascading(card: ModelCard, options: RandomizationOptions | None = None) -> Iterator[Stage]:
+    """"Original", then stage k (k = 1 … n) with ``blocks[:k]`` randomised, top block first."""
+    n = len(_blocks(card))
+    plan = [(0, ORIGINAL, [])]
+    plan += [(k, card.randomization_blocks[k - 1][0], list(range(k))) for k in range(1, n + 1)]
+    return _stages(card, options, plan)
+
+
+def independent(card: ModelCard, options: RandomizationOptions | None = None) -> Iterator[Stage]:
+    """Stage k (k = 0 … n−1) with only ``blocks[k]`` randomised (no "Original" stage)."""
+    blocks = _blocks(card)
+    plan = [(k, label, [k]) for k, (label, _) in enumerate(blocks)]
+    return _stages(card, options, plan)
+
+
+def explained_classes(model: nn.Module, images: Tensor, mode: str = "predicted",
+                      labels: Tensor | Sequence[int] | None = None,
+                      batch_size: int = 64) -> Tensor:
+    """The class each stage explains, (B,) long on ``images``' device.
+
+    ``"predicted"`` (the authors' code): argmax of *this* model's logits, recomputed at every
+    stage, so a randomised model explains its own top class. ``"label"`` (Quantus, Heyjuke58):
+    the given ``labels``.
+    """
+    if mode not in TARGET_MODES:
+        raise ConfigError(f"unknown target mode {mode!r}; choose 'predicted' (the authors' "
+                          "code: argmax of the current model) or 'label'")
+    if mode == "label":
+        if labels is None:
+            raise ConfigError("target mode 'label' needs the true labels")
+        targets = torch.as_tensor(labels, dtype=torch.long).reshape(-1).to(images.device)
+        if len(targets) != len(images):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels")
+        return targets
+    device = next((p.device for p in model.parameters()), images.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            classes = [model(images[i:i + batch_size].to(device)).argmax(1)
+                       for i in range(0, len(images), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(classes).to(images.device)
+
+
+def stage_card(card: ModelCard, stage: Stage) -> ModelCard:
+    """``card`` with the stage's model, so an engine method resolves its layers in that model."""
+    return dataclasses.replace(card, model=stage.model)
+
+
+def explain(card: ModelCard, stages: Iterator[Stage], method: str, images: Tensor,
+            target: str = "predicted", labels: Tensor | Sequence[int] | None = None,
+            **params: Any) -> Iterator[tuple[Stage, Tensor, Tensor]]:
+    """(stage, explained classes, raw maps) for every stage: ``method`` with ``params`` through
+    the attribution engine, for the classes ``explained_classes`` gives under ``target``."""
+    for stage in stages:
+        targets = explained_classes(stage.model, images, target, labels)
+        maps = create_method(method, stage_card(card, stage), **params).attribute(images, targets)
+        yield stage, targets, maps
