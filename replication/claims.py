@@ -144,9 +144,20 @@ def evaluate(claim: Claim, root: str | os.PathLike = ".") -> Verdict:
     except (KeyError, IndexError, ValueError, TypeError):
         return Verdict(claim, NOT_RUN, reason=f"{claim.ours_file} has no {claim.ours_key!r}")
     if ours is None or (isinstance(ours, float) and math.isnan(ours)):
-        return Verdict(claim, NOT_RUN, ours, reason="the stage recorded no value")
-    status = REPRODUCED if _holds(claim.op, ours, claim) else NOT_REPRODUCED
-    return Verdict(claim, status, ours)
+        reason = "the stage recorded no value"
+        if isinstance(metrics, dict):  # a stage may say why a value is missing
+            parent = lookup(metrics, claim.ours_key.rsplit(".", 1)[0]) if "." in claim.ours_key else {}
+            if isinstance(parent, dict) and parent.get("reason"):
+                reason = str(parent["reason"])
+        return Verdict(claim, NOT_RUN, ours, reason=reason)
+    return Verdict(claim, judge(claim, ours), ours)
+
+
+def judge(claim: Claim, value: Any) -> str:
+    """The verdict of ``claim`` for a measured ``value`` (NOT_RUN when there is none)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_RUN
+    return REPRODUCED if _holds(claim.op, value, claim) else NOT_REPRODUCED
 
 
 def format_value(value: Any) -> str:

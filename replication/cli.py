@@ -69,6 +69,35 @@ def cmd_imagenet_accuracy(args: argparse.Namespace, params: dict) -> None:
             write_json(tmp / f"{name}.json", result)
 
 
+def cmd_sanity(args: argparse.Namespace, params: dict) -> None:
+    """The Sanity Checks stages (replication.experiments.sanity_checks.stages)."""
+    from replication.experiments.sanity_checks import stages, summary
+
+    datasets, models = Path(args.datasets), Path(args.models)
+    if args.stage == "randomization":
+        stages.run_model_randomization(args.setup, args.mode, params, datasets=datasets,
+                                       models=models, table_path=Path(args.table),
+                                       maps_path=Path(args.maps), metrics_path=Path(args.metrics))
+    elif args.stage == "data-randomization":
+        stages.run_data_randomization_stage(args.setup, params, datasets=datasets, models=models,
+                                            table_path=Path(args.table), maps_path=Path(args.maps),
+                                            metrics_path=Path(args.metrics))
+    elif args.stage == "calibration":
+        stages.run_calibration(params, datasets=datasets, table_path=Path(args.table))
+    elif args.stage == "bn-study":
+        stages.run_bn_study(params, datasets=datasets, table_path=Path(args.table))
+    elif args.stage == "toys":
+        stages.run_toys(params, datasets=datasets, out_dir=Path(args.table), maps_path=Path(args.maps))
+    elif args.stage == "summary":
+        summary.run_summary(params, results=Path(args.results), claims_dir=Path(args.claims),
+                            out=Path(args.metrics), bn_verdicts=Path(args.table))
+    elif args.stage == "figures":
+        from replication.experiments.sanity_checks import figures
+
+        figures.draw_all(params, results=Path(args.results), maps=Path(args.maps),
+                         claims_dir=Path(args.claims), out=Path(args.out))
+
+
 def cmd_report(args: argparse.Namespace, params: dict) -> None:
     from replication.report import write_report
 
@@ -112,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--out", required=True, help="folder for <model>.json")
     accuracy.set_defaults(run=cmd_imagenet_accuracy)
 
+    sanity = commands.add_parser("sanity", help="Sanity Checks for Saliency Maps: one stage")
+    sanity.add_argument("stage", choices=["randomization", "data-randomization", "calibration",
+                                          "bn-study", "toys", "summary", "figures"])
+    sanity.add_argument("setup", nargs="?", help="imagenet | cnn-mnist | … (randomization stages)")
+    sanity.add_argument("mode", nargs="?", choices=["cascading", "independent"])
+    sanity.add_argument("--datasets", default="datasets")
+    sanity.add_argument("--models", default="models")
+    sanity.add_argument("--results", default="results/sanity_checks")
+    sanity.add_argument("--claims", default="claims")
+    sanity.add_argument("--table", help="output table (CSV; a folder for toys)")
+    sanity.add_argument("--maps", help="output map renderings (.npz; a folder for figures)")
+    sanity.add_argument("--metrics", help="output metrics (JSON)")
+    sanity.add_argument("--out", help="output folder (figures)")
+    sanity.set_defaults(run=cmd_sanity)
+
     report = commands.add_parser("report", help="verdict of every claim: reports/replication.md")
     report.add_argument("--claims", default="claims")
     report.add_argument("--out", default="reports")
@@ -121,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("lightning.pytorch", "lightning.fabric", "fontTools"):  # banners, per-call logs
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         args.run(args, config.load_params(args.params))
