@@ -116,6 +116,7 @@ def test_hook_safe_form_computes_what_torchvision_does(name):
     reference = torchvision.models.get_model(name, weights=None, **(
         {"aux_logits": False, "init_weights": False} if name == "inception_v3" else {}))
     reference.load_state_dict(card.model.state_dict(), strict=False)
+    reference.to(memory_format=torch.channels_last)  # the cards' format: same arithmetic order
     if name == "inception_v3":
         reference.transform_input = False
     x = _input(card, 2)
@@ -155,5 +156,6 @@ def test_lite0_weights_classify_sample_images(lite0, mirror):
 
 def test_lite0_uses_relu6_and_the_packages_preprocessing(lite0):
     assert sum(isinstance(m, nn.ReLU6) for m in lite0.model.modules()) == 33
+    assert lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     p = lite0.preprocessing
     assert (p.input_size, p.resize, p.interpolation, p.mean) == (224, 256, "bicubic", (0.5,) * 3)
