@@ -169,6 +169,26 @@ def test_integrated_gradients_authors_rule_and_captums(cnn, digits):
     assert (fine - captum).norm() / captum.norm() < 0.02
 
 
+def test_trapezoid_rule_runs_on_the_engine_and_matches_captum_up_to_its_weight_sum(cnn, digits):
+    """The ParchGrad authors' rule, on our core so that hooks see every sample's class. Captum's
+    riemann_trapezoid uses the same points but weights 1/n (sum (n−1)/n): a fixed factor."""
+    from captum.attr import IntegratedGradients
+
+    images, labels = digits
+    n = 26
+    captum = IntegratedGradients(cnn.model).attribute(images, target=labels, n_steps=n,
+                                                      method="riemann_trapezoid").detach()
+    _close(attribute("integrated_gradients", cnn, images, labels, steps=n,
+                     integration="trapezoid", internal_batch_size=7), captum * n / (n - 1))
+
+
+def test_smoothgrad_can_average_absolute_maps(cnn, digits):
+    images, labels = digits
+    signed = attribute("smoothgrad", cnn, images, labels, n_samples=4)
+    absolute = attribute("smoothgrad", cnn, images, labels, n_samples=4, absolute=True)
+    assert torch.all(absolute >= signed.abs() - 1e-6) and not torch.allclose(absolute, signed.abs())
+
+
 def test_integrated_gradients_completeness(cnn, digits):
     images, labels = digits
     maps = attribute("integrated_gradients", cnn, images, labels, steps=300)

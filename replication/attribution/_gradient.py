@@ -18,6 +18,7 @@ from replication.attribution._base import (DEFAULT_INTERNAL_BATCH, Attribution, 
 from replication.errors import ConfigError
 
 RELU_MODULES = (nn.ReLU, nn.ReLU6)
+ENGINE_RULES = ("authors_riemann", "trapezoid")  # IG rules computed on the engine's core
 
 
 @register_method
@@ -50,15 +51,18 @@ class IntegratedGradients(Attribution):
 
     ``integration="authors_riemann"`` (default) is the Sanity Checks authors' rule (PAIR saliency):
     the equal-weight mean of the gradients at ``linspace(0, 1, steps)``, both end points
-    included. Any other value is a Captum ``IntegratedGradients`` method (``gausslegendre``,
-    Captum's default, or ``riemann_trapezoid``/``_left``/``_right``/``_middle``).
+    included. ``"trapezoid"``: the trapezoid rule on the same points, end points weighted ½ (the
+    ParchGrad authors' rule). Both run on the engine's gradient core, so they compose with hooks
+    (ParchGrad). ``gausslegendre`` (Captum's default) and ``riemann_trapezoid``/``_left``/
+    ``_right``/``_middle`` are Captum ``IntegratedGradients``; note that Captum's
+    ``riemann_trapezoid`` weights sum to (steps − 1)/steps, not 1.
     The baseline defaults to zeros in model-input space (mid-grey for mean/std-normalised
     ImageNet models, black for MNIST); ``"black"`` is pixel value 0.
     """
 
     name = "integrated_gradients"
-    INTEGRATIONS = ("authors_riemann", "gausslegendre", "riemann_trapezoid", "riemann_left",
-                    "riemann_right", "riemann_middle")
+    INTEGRATIONS = ("authors_riemann", "trapezoid", "gausslegendre", "riemann_trapezoid",
+                    "riemann_left", "riemann_right", "riemann_middle")
 
     def __init__(self, model: ModelLike, *, steps: int = 50, baseline: str | float | Tensor = "zeros",
                  integration: str = "authors_riemann",
@@ -74,7 +78,7 @@ class IntegratedGradients(Attribution):
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         baseline = baseline_tensor(self.name, self.baseline, inputs, self.card)
-        if self.integration != "authors_riemann":
+        if self.integration not in ENGINE_RULES:
             from captum.attr import IntegratedGradients as CaptumIG
 
             with torch.enable_grad():
@@ -82,16 +86,21 @@ class IntegratedGradients(Attribution):
                     inputs, baselines=baseline, target=targets, n_steps=self.steps,
                     method=self.integration, internal_batch_size=self.internal_batch_size)
         alphas = torch.linspace(0.0, 1.0, self.steps, device=inputs.device, dtype=inputs.dtype)
+        weights = torch.full_like(alphas, 1.0 / self.steps)
+        if self.integration == "trapezoid" and self.steps > 1:
+            weights = torch.full_like(alphas, 1.0 / (self.steps - 1))
+            weights[[0, -1]] /= 2
         delta = inputs - baseline
 
         def gradients_on_path(image: Tensor, step: Tensor) -> Tensor:
             image, step = image.to(inputs.device), step.to(inputs.device)
             points = baseline[image] + alphas[step].view(-1, 1, 1, 1) * delta[image]
-            return input_gradients(self.model, points, targets[image], len(points))
+            grads = input_gradients(self.model, points, targets[image], len(points))
+            return grads * weights[step].view(-1, 1, 1, 1)
 
         (total,) = accumulate_samples(len(inputs), self.steps, self.internal_batch_size,
                                       gradients_on_path)
-        return delta * total / self.steps
+        return delta * total
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from replication.attribution._base import (Attribution, ModelLike, Passes, choice, create_method,
                                            current_targets, register_method)
+from replication.attribution._gradient import ENGINE_RULES
 from replication.attribution.channel_statistics import ChannelStatistics, LayerStatistics
 from replication.errors import ConfigError
 
@@ -112,10 +113,10 @@ class ParchGrad(Attribution):
         super().__init__(model)
         choice(self.name, "base", base, COMPOSABLE)
         if base in ("integrated_gradients",) and (base_params or {}).get(
-                "integration", "authors_riemann") != "authors_riemann":
-            raise ConfigError("parchgrad composes with integrated_gradients only under "
-                              "integration='authors_riemann' (Captum's rules bypass the engine's "
-                              "gradient core, which tells the hooks each sample's class)")
+                "integration", "authors_riemann") not in ENGINE_RULES:
+            raise ConfigError(f"parchgrad composes with integrated_gradients only under the "
+                              f"integrations {list(ENGINE_RULES)} (Captum's rules bypass the "
+                              "engine's gradient core, which tells the hooks each sample's class)")
         self.base = create_method(base, model, **dict(base_params or {}))
         self.statistics = (statistics if isinstance(statistics, ChannelStatistics)
                            else ChannelStatistics.load(statistics))
@@ -159,8 +160,12 @@ class ParchGrad(Attribution):
     def samples_per_image(self) -> int:
         return self.base.samples_per_image()
 
+    def log_pvalues(self, conv: str, output: Tensor) -> Tensor:
+        """Per-sample log p-values (n, C) that select H for ``conv``'s ``output`` (the forward
+        batch whose output is hooked; class mode reads that forward's targets)."""
+        return self._log_p(self.statistics.layer(conv), output)
+
     def _log_p(self, layer: LayerStatistics, output: Tensor) -> Tensor:
-        """Per-sample log p-values (n, C) of the forward batch whose output is hooked."""
         if self.statistics.mode == "instance":
             gap = torch.relu(output.detach()).mean((2, 3)).double()
             z = (gap - layer.gap_mean.to(gap)) / layer.gap_std.to(gap)

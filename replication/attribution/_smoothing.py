@@ -23,16 +23,19 @@ def image_noise(inputs: Tensor, generators: list[torch.Generator], image: Tensor
 
 @register_method
 class SmoothGrad(Attribution):
-    """E_ε[base(x + ε)], ε ~ N(0, σ²), σ = noise_level · (max x − min x) (Smilkov et al. 2017)."""
+    """E_ε[base(x + ε)], ε ~ N(0, σ²), σ = noise_level · (max x − min x) (Smilkov et al. 2017).
+
+    ``absolute=True`` averages |base(x + ε)| instead (the ParchGrad authors' SmoothGrad)."""
 
     name = "smoothgrad"
     statistic = "mean"
 
     def __init__(self, model: ModelLike, *, base: str = "gradient", base_params: dict | None = None,
-                 n_samples: int = 50, noise_level: float = 0.15, seed: int = 0,
-                 internal_batch_size: int = DEFAULT_INTERNAL_BATCH):
+                 n_samples: int = 50, noise_level: float = 0.15, absolute: bool = False,
+                 seed: int = 0, internal_batch_size: int = DEFAULT_INTERNAL_BATCH):
         super().__init__(model)
         self.base: Attribution = create_method(base, model, **dict(base_params or {}))
+        self.absolute = bool(absolute)
         self.n_samples = positive_int(self.name, "n_samples", n_samples)
         self.noise_level = non_negative(self.name, "noise_level", noise_level)
         self.seed = int(seed)
@@ -51,6 +54,7 @@ class SmoothGrad(Attribution):
             image = image.to(inputs.device)
             noisy = inputs[image] + sigma[image].view(-1, 1, 1, 1) * image_noise(inputs, generators, image)
             maps = self.base._attribute(noisy, targets[image])
+            maps = maps.abs() if self.absolute else maps
             if self.statistic == "mean":
                 return (maps,)
             return (maps * maps,) if self.statistic == "second_moment" else (maps, maps * maps)
