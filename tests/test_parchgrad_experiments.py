@@ -1,0 +1,358 @@
+"""ParchGrad experiments, stages, summary and figures on tiny inputs (untrained MNIST CNN)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from replication.attribution.channel_statistics import ChannelStatistics, LayerStatistics
+from replication.errors import ConfigError, DataError
+from replication.experiments.common import Explainer, ImageSet
+from replication.experiments.parchgrad import boxes as B
+from replication.experiments.parchgrad import experiments as X
+from replication.experiments.parchgrad import figures, stages
+from replication.experiments.parchgrad import statistics as S
+from replication.experiments.parchgrad import summary as SUM
+from replication.models import create_model
+from replication.models.base import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """An untrained MNIST CNN (no trained checkpoint is needed), class statistics from 80
+    random images (8 per class) with their bug-compatible copy, and 3 images to explain."""
+    torch.manual_seed(0)
+    card = create_model("mnist_cnn")
+    card.model.eval()
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(80, 1, 28, 28, generator=generator)
+    labels = torch.arange(80) % 10
+    gaps, got = S.gather_gap(card.model, S.statistics_loader(TensorDataset(pixels, labels), 40))
+    corrected = S.statistics_from_gaps(gaps, got, 10, "class")
+    bug = S.statistics_from_gaps(gaps, got, 10, "class", authors_stats_bug=True)
+    images = ImageSet(pixels[:3], labels[:3], ["a", "b", "c"], "random")
+    return card, corrected, bug, images, Explainer(batch_size=8)
+
+
+# Random images give normal-looking GAPs, which the authors' Shapiro filter would drop (leaving
+# H empty, i.e. no modification): the mechanics are tested without it.
+NO_FILTER = {"shapiro_threshold": None}
+
+
+@pytest.fixture(scope="module")
+def computed(setup):
+    card, corrected, bug, images, explainer = setup
+    vc = X.vc_ablation(card, images, corrected, {**NO_FILTER, "hooks": ["default", 0.5],
+                                                 "channel_portions": [0.1], "cutoff": 0.5,
+                                                 "panels": 2}, explainer=explainer)
+    sweep = X.channel_portion_sweep(card, images, corrected,
+                                    {**NO_FILTER, "hooks": "default",
+                                     "channel_portions": [1.0, 0.3, 0.05],
+                                     "panels": 1}, explainer=explainer)
+    faith = X.faithfulness(card, images, corrected,
+                           {**NO_FILTER, "hooks": "default",
+                            "bases": ["gradient", "integrated_gradients"],
+                            "channel_portions": [0.1], "ratios": [0.0, 0.2, 0.5],
+                            "ig_steps": 2, "smoothgrad_samples": 2, "noise_level": 0.15,
+                            "seed": 0, "batch_size": 16}, explainer=explainer)
+    return vc, sweep, faith
+
+
+def test_vc_is_a_positive_scale_on_the_sequential_cnn(computed):
+    vc, _, _ = computed
+    assert set(vc.pairs.columns) >= {"model", "image", "label", "hooks", "n_convs", "q",
+                                     "pearson", "best_scale", "relative_residual"}
+    assert set(vc.pairs["hooks"]) == {"default", "r=0.5"} and len(vc.pairs) == 6
+    assert (vc.pairs["pearson"] > 1 - 1e-9).all()           # claim C4's mechanism
+    assert (vc.pairs["best_scale"] > 0).all() and (vc.pairs["relative_residual"] < 1e-5).all()
+    assert set(vc.artifacts["variant"]) == {"gradient", "vc", "zero_pruning"}
+    hooked = vc.artifacts[vc.artifacts["variant"] != "gradient"]
+    # scale-invariant measures are identical with and without VC here
+    wide = hooked.pivot_table(index=["image", "hooks"], columns="variant", values="hf_energy")
+    np.testing.assert_allclose(wide["vc"], wide["zero_pruning"], rtol=1e-6)
+    assert X.panel_key("vc", "default", "0.1", 1) in vc.maps
+    assert vc.maps[X.panel_key("image", 0)].shape == (28, 28, 3)
+
+
+def test_q_one_is_the_gradient_and_similarity_falls(computed):
+    _, sweep, _ = computed
+    table = sweep.table
+    assert set(table.columns) >= {"model", "hooks", "q", "image", "spearman", "pearson", "ssim",
+                                  "max_relative_difference", "max_relative_difference_no_shapiro"}
+    full = table[table["q"] == 1.0]
+    assert (full["max_relative_difference_no_shapiro"] < 1e-6).all()      # claim C3
+    assert table.loc[table["q"] != 1.0, "max_relative_difference_no_shapiro"].isna().all()
+    assert (table.loc[table["q"] == 0.05, "max_relative_difference"] > 1e-3).all()
+    summary = X.sweep_summary(table)
+    assert list(summary.loc[summary["metric"] == "spearman", "q"]) == [1.0, 0.3, 0.05]
+    assert summary["monotone"].dtype == bool
+
+
+def test_faithfulness_tables(computed):
+    _, _, faith = computed
+    methods = ["gradient", "parchgrad(gradient, q=0.1)", "integrated_gradients",
+               "parchgrad(integrated_gradients, q=0.1)"]
+    assert list(dict.fromkeys(faith.per_image["method"])) == methods
+    assert len(faith.per_image) == 4 * 3 and len(faith.curves) == 4 * 3 * 2 * 3
+    assert set(faith.per_image.columns) >= {"morf_aopc", "lerf_aopc", "morf_lodds",
+                                            "lerf_lodds", "gini", "probability"}
+    at_zero = faith.curves[faith.curves["ratio"] == 0.0]
+    assert np.allclose(at_zero["aopc"], 0.0)                # nothing removed at ratio 0
+    assert ((faith.per_image["gini"] > 0) & (faith.per_image["gini"] < 1)).all()
+    paired = X.faithfulness_comparisons(faith.per_image, 200, 0)
+    assert set(paired["metric"]) == set(X.HIGHER_IS_BETTER) and (paired["n_pairs"] == 3).all()
+    summary = X.faithfulness_summary(faith.per_image, 200, 0)
+    assert len(summary) == 4 * len(X.HIGHER_IS_BETTER)
+
+
+def test_method_costs_table(setup):
+    card, corrected, _, images, _ = setup
+    table = X.method_costs(card, images.subset([0]), corrected,
+                           {**NO_FILTER, "perturbation_images": 1, "repeats": 2,
+                            "channel_portion": 0.1,
+                            "hooks": "default",
+                            "ig_steps": 3, "smoothgrad_samples": 4, "noise_level": 0.15,
+                            "seed": 0})
+    rows = table.set_index("method")
+    assert not rows.loc["CRP", "provided"] and math.isnan(rows.loc["CRP", "seconds_per_map"])
+    assert rows.loc["ParchGrad", "forward_backward"] == 1
+    assert rows.loc["Integrated Gradient", "forward_backward"] == 4  # steps + 1 trapezoid points
+    assert rows.loc["SmoothGrad", "forward_backward"] == 4
+    assert rows.loc["ScoreCAM", "forward"] == 1 + 64     # one forward per relu2 channel
+    assert rows.loc["Gradient", "relative_to_gradient"] == 1.0
+    assert (rows.loc[rows["provided"], "seconds_per_map"] > 0).all()
+    assert rows.loc["Gradient", "repeats"] == 2 and rows.loc["ScoreCAM", "repeats"] == 1
+    assert rows.loc["Gradient", "seconds_per_map"] <= rows.loc["Gradient", "seconds_per_map_median"]
+
+
+def test_statistics_bug_effect(setup):
+    card, corrected, bug, images, explainer = setup
+    effect = X.statistics_bug_effect(card, images, corrected, bug,
+                                     {**NO_FILTER, "channel_portions": [0.25], "hooks": "default"},
+                                     explainer=explainer)
+    selection = effect.selection.set_index("layer")
+    assert selection["bug_is_last_layer_copy"].all()
+    assert selection.loc["conv2", "is_last_conv"] and selection.loc["conv2", "jaccard_mean"] == 1.0
+    assert selection.loc["conv1", "jaccard_mean"] < 1.0      # the bug changes conv1's H sets
+    assert len(effect.maps) == 3 and effect.maps["spearman"].between(-1, 1).all()
+
+
+def test_dead_channels_in_instance_mode(setup):
+    card, corrected, _, images, _ = setup
+    model = create_model("mnist_cnn").model.eval()
+    with torch.no_grad():                                    # conv2 channel 0 can never fire
+        model.conv2.weight[0] = -1.0
+        model.conv2.bias[0] = -1.0
+    card = type(card)(**{**vars(card), "model": model})
+    gaps, _ = S.gather_gap(model, [(images.images, images.labels)])
+    stats_ = S.statistics_from_gaps(gaps, images.labels, 10, "instance")
+    layer = stats_.layers["conv2"]                           # channel 1 alive, but recorded
+    layer.gap_mean[1], layer.gap_std[1], layer.shapiro_p[1] = 0.0, 0.0, 1.0  # as dead
+    table = X.dead_channel_check(card, images, stats_, {"channel_portion": 0.1,
+                                                        "hooks": "default"}).set_index(["conv", "input"])
+    row = table.loc[("conv2", "statistics_images")]
+    assert row["dead_channels"] == 2 and row["dead_awake_fraction"] == 0.5
+    # channel 0: 0/0 → p = 1; channel 1 (awake, std 0): z = +∞ → p = 0, kept only without Shapiro
+    assert row["dead_p_one_fraction"] == 0.5 and row["dead_p_zero_fraction"] == 0.5
+    assert row["dead_selected_with_shapiro"] == 0.0 and row["dead_selected_without_shapiro"] > 0
+    assert math.isnan(row["dead_active_after_bn_fraction"])  # no BatchNorm after the conv
+    assert X.dead_channel_check(card, images, corrected, {"channel_portion": 0.1,
+                                                          "hooks": "default"}).empty
+
+
+def test_hooks_and_errors(setup):
+    card = setup[0]
+    assert X.hooked_convs(card, "default") == ["conv1", "conv2"]
+    assert X.hooked_convs(card, 0.5) == ["conv2"] and X.hooked_convs(card, 1.0) == ["conv1", "conv2"]
+    with pytest.raises(ConfigError, match="hooks no conv"):
+        X.hooked_convs(card, 0.2)
+    with pytest.raises(ConfigError, match="lacks"):
+        X.vc_ablation(card, setup[3], setup[1], {"hooks": ["default"]})
+    maps = torch.zeros(2, 3, 4, 4)
+    maps[:, 0] = 1.0
+    maps[:, 1] = -3.0
+    assert torch.allclose(X.authors_pixel_map(maps, "gradient"), torch.full((2, 1, 4, 4), 4 / 3))
+    assert torch.allclose(X.authors_pixel_map(maps, "integrated_gradients"),
+                          torch.full((2, 1, 4, 4), 2 / 3))
+
+
+def test_artifact_measures():
+    smooth = torch.cos(2 * math.pi * torch.arange(32) / 32).repeat(32, 1)[None, None] + 1.0
+    checker = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).double()[None, None]
+    assert X.high_frequency_energy(checker)[0] > 0.99 and X.high_frequency_energy(smooth)[0] < 0.05
+    assert X.total_variation(checker)[0] > X.total_variation(smooth)[0]
+    np.testing.assert_allclose(X.high_frequency_energy(3 * smooth + checker),
+                               X.high_frequency_energy(smooth + checker / 3))
+    assert np.isnan(X.total_variation(torch.zeros(1, 1, 4, 4))[0])
+
+
+# --------------------------------------------------------------------------- boxes
+
+XML = """<annotation><filename>{stem}</filename><size><width>{w}</width><height>{h}</height>
+<depth>3</depth></size>{objects}</annotation>"""
+OBJECT = "<object><name>{wnid}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>" \
+         "<ymax>{y1}</ymax></bndbox></object>"
+
+
+def _xml(stem: str, w: int, h: int, *boxes: tuple) -> str:
+    objects = "".join(OBJECT.format(wnid=b[0], x0=b[1], y0=b[2], x1=b[3], y1=b[4]) for b in boxes)
+    return XML.format(stem=stem, w=w, h=h, objects=objects)
+
+
+def test_parse_and_crop_boxes():
+    annotation = B.parse_voc_xml(_xml("ILSVRC2012_val_00000007", 500, 400,
+                                      ("n01", 50, 100, 450, 300), ("n02", 0, 0, 10, 10)))
+    assert annotation.stem == "ILSVRC2012_val_00000007" and len(annotation.boxes) == 2
+    assert annotation.first.wnid == "n01"
+    preprocessing = Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3, resize=256)
+    # 500×400 → 320×256, centre crop offsets left 48, top 16
+    x0, y0, x1, y1 = B.crop_box(annotation, preprocessing)
+    assert (x0, y0, x1, y1) == pytest.approx((0.0, 100 * 0.64 - 16, 224.0, 300 * 0.64 - 16))
+    mask = B.box_mask((x0, y0, x1, y1), 224)
+    assert mask.shape == (224, 224) and mask[100, 100] and not mask[10, 10]
+    with pytest.raises(DataError, match="no <object>"):
+        B.parse_voc_xml(_xml("x", 10, 10))
+
+
+def test_box_energy_values():
+    mask = torch.zeros(1, 10, 10, dtype=torch.bool)
+    mask[0, :5, :] = True                                     # half the image
+    inside = torch.zeros(1, 10, 10)
+    inside[0, :5] = -2.0                                      # abs is taken
+    mu_in, mu_in_w, area = B.box_energy(inside, mask)
+    assert mu_in[0] == pytest.approx(1.0) and mu_in_w[0] == pytest.approx(2.0) and area[0] == 0.5
+    uniform = torch.ones(1, 1, 10, 10)
+    assert B.box_energy(uniform, mask)[1][0] == pytest.approx(1.0)
+    nan_map = torch.full((1, 10, 10), float("nan"))
+    assert np.isnan(B.box_energy(nan_map, mask)[0][0])       # nan_to_num → all-zero map
+
+
+def test_correct_and_authors_pairings(tmp_path):
+    # validation files by number; classes interleaved so class order ≠ file order
+    rows = [{"file": f"ILSVRC2012_val_{i:08d}.JPEG", "wnid": wnid}
+            for i, wnid in zip(range(1, 7), ["n2", "n1", "n3", "n1", "n2", "n3"])]
+    with tarfile.open(tmp_path / B.BOX_ARCHIVE, "w:gz") as archive:
+        for i, row in enumerate(rows, start=1):
+            data = _xml(f"ILSVRC2012_val_{i:08d}", 100, 100, (row["wnid"], i, i, 50, 50)).encode()
+            info = tarfile.TarInfo(f"val/ILSVRC2012_val_{i:08d}.xml")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    annotations = B.read_boxes(tmp_path / B.BOX_ARCHIVE)
+    assert len(annotations) == 6
+    files = [r["file"] for r in rows]
+    correct = B.pair_boxes(files, rows, annotations, "correct")
+    assert [a.first.xmin for a in correct] == [1, 2, 3, 4, 5, 6]
+    # class-sorted order: n1 (files 2, 4), n2 (1, 5), n3 (3, 6) → positions 0..5
+    authors = B.pair_boxes(files, rows, annotations, "authors")
+    assert [a.first.xmin for a in authors] == [3, 1, 5, 2, 4, 6]
+    assert [a.first.wnid for a in authors] != [r["wnid"] for r in rows]
+    with pytest.raises(ConfigError, match="pairing"):
+        B.pair_boxes(files, rows, annotations, "sorted")
+    with pytest.raises(DataError, match="ILSVRC2012_bbox_val_v3"):
+        B.read_boxes(tmp_path / "missing.tgz")
+
+
+# --------------------------------------------------------------------------- stages, summary, figures
+
+def _params(tmp_path) -> dict:
+    return {"profile": "smoke", "parchgrad": {
+        "seed": 0,
+        "toys": {"toy_seed": 21, "seeds": 20, "readings": ["code_uniform", "text_normal_std"],
+                 "checkerboard": {"strides": [1, 2], "scales": [1e-4, 1.0], "seed": 0,
+                                  "stride_on": "both"},
+                 "variance_identity": {"seeds": 2, "gammas": [math.inf, 2.0]}},
+        "bbox": {"images": {"resnet18": 4}, "archive": "absent.tgz", "hooks": [0.5],
+                 "channel_portions": [0.05], "pairings": ["correct", "authors"]},
+        "claims": {"sequential_model": "mnist_cnn", "skip_model": "mnist_cnn",
+                   "skip_hooks": "r=0.5", "faithfulness_model": "mnist_cnn",
+                   "faithfulness_q": 0.1, "cost_model": "mnist_cnn", "shapiro_model": "mnist_cnn",
+                   "bug_model": "mnist_cnn",
+                   "bbox": {"resnet": "resnet18", "effnet": "efficientnet_b0",
+                            "hooks": "r=0.5", "q": 0.05}}}}
+
+
+def test_stages_summary_and_figures(tmp_path, computed, setup):
+    vc, sweep, faith = computed
+    params = _params(tmp_path)
+    results, maps = tmp_path / "results", tmp_path / "results" / "maps"
+    stages.run_toys(params, out=results / "toys", metrics=tmp_path / "toys.json")
+    bbox = stages.run_bbox(params, datasets=tmp_path, models=tmp_path, statistics=tmp_path,
+                           archives=tmp_path, out=results / "bbox", metrics=tmp_path / "bbox.json")
+    assert bbox["status"] == "not run" and "absent.tgz" in bbox["reason"]
+    # the experiment stages' tables, written as those stages write them
+    stages.write_csv(vc.artifacts, results / "vc" / "e2_artifacts.csv")
+    stages.write_csv(vc.pairs, results / "vc" / "e2_pairs.csv")
+    stages.write_csv(sweep.table, results / "q_sweep" / "e6_q_sweep.csv")
+    stages.write_csv(X.sweep_summary(sweep.table), results / "q_sweep" / "e6_q_sweep_summary.csv")
+    stages.write_csv(faith.curves, results / "faithfulness" / "e5_curves.csv")
+    stages.write_csv(X.faithfulness_summary(faith.per_image, 100, 0),
+                     results / "faithfulness" / "e5_summary.csv")
+    stages.write_csv(X.faithfulness_comparisons(faith.per_image, 100, 0),
+                     results / "faithfulness" / "e5_paired.csv")
+    stages._save_maps(maps / "vc.npz", {X.panel_key("mnist_cnn", k): v for k, v in vc.maps.items()})
+    stages._save_maps(maps / "q_sweep.npz",
+                      {X.panel_key("mnist_cnn", k): v for k, v in sweep.maps.items()})
+    card, corrected, bug, images, explainer = setup
+    effect = X.statistics_bug_effect(card, images.subset([0]), corrected, bug,
+                                     {**NO_FILTER, "channel_portions": [0.25], "hooks": "default"},
+                                     explainer=explainer)
+    stages.write_csv(effect.selection, results / "checks" / "s1_bug_selection.csv")
+    stages.write_csv(pd.DataFrame({"model": ["mnist_cnn"], "fraction": [0.5]}),
+                     results / "checks" / "s1_shapiro.csv")
+    statistics = {"mnist_cnn": S.statistics_summary(corrected)}
+
+    values = SUM.claim_values(SUM.load_results(results), statistics, params["parchgrad"]["claims"])
+    json.dumps(values, allow_nan=False)                       # JSON-safe: no NaN
+    assert list(values) == [f"C{i}" for i in range(1, 14)]
+    assert values["C1"]["value"] < 1.0                         # the authors' seed 21
+    assert values["C1"]["detail"]["sum_total"][0] == pytest.approx(0.225, abs=5e-4)
+    assert values["C2"]["value"] < 1e-9 and values["C13"]["value"] < 1e-5
+    assert values["C3"]["value"] < 1e-6
+    assert values["C4"]["value"] > 1 - 1e-9
+    assert values["C5"]["value"] is None and "ILSVRC2012" in values["C5"]["reason"]
+    assert values["C6"]["value"] is None
+    assert values["C7"]["value"] == pytest.approx(0.0, abs=1e-6)   # sequential: no difference
+    assert isinstance(values["C9"]["value"], bool)
+    assert values["C10"]["value"] is None and "costs" in values["C10"]["reason"]
+    assert values["C11"]["value"] == statistics["mnist_cnn"]["shapiro_below_0.05"]["fraction"]
+    assert values["C12"]["value"] < 1.0 and values["C12"]["detail"]["last_conv_jaccard"] == 1.0
+    assert "lerf_aopc_difference" in values["C8"]["detail"]
+
+    written = figures.render_all(results, maps, tmp_path / "figures", "smoke")
+    names = {p.name for p in written}
+    for stem in ("e0_channel_portion_panels_mnist_cnn", "e1_toy_vector_sum",
+                 "e2_zero_pruning_vs_vc_mnist_cnn", "e2_artifacts", "e5_pixel_removal",
+                 "e6_channel_portion_sweep", "e7_gradient_scale_checkerboard"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names, stem
+    for stem in ("e1_toy_summary", "e2_scale_invariance", "e4_bbox_energy",
+                 "e5_faithfulness_summary", "e5_paired_comparisons", "s1_channel_statistics"):
+        assert {f"{stem}.csv", f"{stem}.md"} <= names, stem
+    assert "not run" in (tmp_path / "figures" / "e4_bbox_energy.md").read_text()
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_summary_of_synthetic_tables():
+    sweep = pd.DataFrame({"model": "m", "hooks": "default", "image": ["a", "b"] * 3,
+                          "q": [1.0, 1.0, 0.5, 0.5, 0.1, 0.1],
+                          "spearman": [1, 1, 0.6, 0.5, 0.7, 0.6], "ssim": [1, 1, .5, .5, .4, .4],
+                          "max_relative_difference": 0.0,
+                          "max_relative_difference_no_shapiro": 0.0})
+    summary = X.sweep_summary(sweep)
+    tables = {"e6_q_sweep": sweep, "e6_q_sweep_summary": summary}
+    values = SUM.claim_values(tables, {}, _params(None)["parchgrad"]["claims"])
+    assert values["C9"]["value"] is False                     # 0.55 → 0.65 rises at q = 0.1
+    assert values["C9"]["detail"]["monotone_ssim"] == {"m": True}
+    assert values["C11"]["value"] is None and values["C3"]["value"] == 0.0
+    costs = pd.DataFrame({"model": "m", "provided": True, "engine_method": ["gradient", "parchgrad"],
+                          "forward_backward": [1, 1], "forward": [0, 0],
+                          "seconds_per_map": [0.1, 0.15], "load_average_1min": 2.0})
+    c10 = SUM.c10({"e3_costs": costs}, {"cost_model": "m"})
+    assert c10["value"] == 1 and c10["detail"]["time_ratio_parchgrad_to_gradient"] == pytest.approx(1.5)
