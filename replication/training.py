@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from replication.data.mnist import train_validation_split
 from replication.data.tensors import mnist_tensors, permuted_labels, tensor_dataset
@@ -23,6 +24,10 @@ ARCHS = {"cnn": "mnist_cnn", "mlp": "mnist_mlp"}
 LABELS = ("true", "random")
 # The authors' --reg penalty covers these weights only (CNN); their MLP had none.
 PENALISED = {"mnist_cnn": ("conv1", "conv2", "fc1"), "mnist_mlp": ()}
+# Learning rate per optimizer step: the authors' constant lr, cosine decay to 0, or one cycle
+# (rise from lr/25 to lr over the first `warmup` fraction of steps, then cosine decay to ~0).
+SCHEDULES = ("constant", "cosine", "onecycle")
+EVAL_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,34 @@ class TrainConfig:
     batch_size: int
     lr: float
     subset: int | None = None  # train on the first N of the 55,000 (after any permutation)
+    schedule: str = "constant"
+    warmup: float = 0.3  # onecycle only: fraction of the steps spent rising to lr
+
+    def __post_init__(self) -> None:
+        where = "params.yaml train.*_labels"
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{where}.{name} is {value!r}; it must be a positive integer")
+        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"{where}.lr is {self.lr!r}; it must be a positive number")
+        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
+            raise ConfigError(f"{where}.subset is {self.subset!r}; use null (all 55,000 "
+                              "training images) or a positive integer")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"{where}.schedule is {self.schedule!r}; choose one of "
+                              f"{list(SCHEDULES)}")
+        if not 0 < self.warmup < 1:
+            raise ConfigError(f"{where}.warmup is {self.warmup!r}; it must lie strictly "
+                              "between 0 and 1 (a fraction of the steps)")
 
     @classmethod
     def from_params(cls, section: dict) -> "TrainConfig":
         try:
             return cls(**section)
         except TypeError as err:
-            raise ConfigError(f"train.*_labels: {err}; expected keys {list(cls.__annotations__)}")
+            raise ConfigError(f"params.yaml train.*_labels: {err}; expected keys "
+                              f"{list(cls.__annotations__)}") from None
 
 
 class MnistDataModule(L.LightningDataModule):
@@ -58,6 +84,9 @@ class MnistDataModule(L.LightningDataModule):
         if self.labels == "random":
             train_y = permuted_labels(train_y, self.seed)
         if self.subset is not None:
+            if self.subset > len(train_y):
+                raise ConfigError(f"train subset {self.subset} exceeds the {len(train_y)} "
+                                  "training images; lower it or set it to null (all of them)")
             train_x, train_y = train_x[: self.subset], train_y[: self.subset]
         self.train_set = tensor_dataset(train_x, train_y)
         self.validation_set = tensor_dataset(pixels[validation], targets[validation])
@@ -68,20 +97,22 @@ class MnistDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.validation_set, 1000)
+        return DataLoader(self.validation_set, EVAL_BATCH)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_set, 1000)
+        return DataLoader(self.test_set, EVAL_BATCH)
 
 
 class Classifier(L.LightningModule):
     """Cross-entropy with the authors' optional L2 penalty 0.001·Σ ½‖W‖² on chosen layers."""
 
     def __init__(self, model: nn.Module, lr: float, l2_penalty: float = 0.0,
-                 penalised: tuple[str, ...] = ()):
+                 penalised: tuple[str, ...] = (), schedule: str = "constant",
+                 warmup: float = 0.3):
         super().__init__()
         self.model, self.lr = model, lr
         self.l2_penalty, self.penalised = l2_penalty, penalised
+        self.schedule, self.warmup = schedule, warmup
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -109,13 +140,29 @@ class Classifier(L.LightningModule):
         self._accuracy(batch, "test_acc")
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if self.schedule == "constant":
+            return optimizer
+        steps = int(self.trainer.estimated_stepping_batches)
+        if self.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        else:  # Adam's betas stay the authors'; only the learning rate cycles
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=self.lr, total_steps=steps, pct_start=self.warmup,
+                cycle_momentum=False)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
 
 
-@torch.no_grad()
-def accuracy(model: nn.Module, dataset, batch_size: int = 1000) -> float:
+@torch.inference_mode()
+def accuracy(model: nn.Module, dataset, batch_size: int = EVAL_BATCH,
+             description: str | None = None) -> float:
+    """Fraction of ``dataset`` that ``model`` classifies correctly (a progress bar if described)."""
     model.eval()
-    correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in DataLoader(dataset, batch_size))
+    batches = DataLoader(dataset, batch_size)
+    correct = sum(int((model(x).argmax(1) == y).sum())
+                  for x, y in tqdm(batches, desc=description, disable=description is None,
+                                   leave=False))
     return correct / len(dataset)
 
 
@@ -124,29 +171,37 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
                       validation_size: int = 5000, accelerator: str = "auto",
                       devices: str | int = "auto", progress_bar: bool = True
                       ) -> tuple[nn.Module, dict]:
-    """Train one model of the data-randomization matrix; return it and its metrics."""
+    """Train one model of the data-randomization matrix; return it and its metrics.
+
+    Each split is evaluated once, after training: train_acc on the images trained on (the
+    subset, if any, with the labels trained on), val_acc and test_acc with the true labels.
+    """
     if arch not in ARCHS:
         raise ConfigError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     L.seed_everything(seed, workers=True, verbose=False)
     card = create_model(ARCHS[arch], init=init)
     data = MnistDataModule(folder, labels, seed, config.batch_size, validation_size, config.subset)
-    module = Classifier(card.model, config.lr, l2_penalty, PENALISED[card.name])
+    module = Classifier(card.model, config.lr, l2_penalty, PENALISED[card.name],
+                        config.schedule, config.warmup)
+    # No validation loop during fit: val_acc is measured once, below, with the final weights.
     trainer = L.Trainer(max_epochs=config.epochs, deterministic=True, accelerator=accelerator,
                         devices=devices, logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress_bar, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+                        limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
     model = module.model.cpu()
+    start = time.perf_counter()
+    accuracies = {f"{split}_acc": accuracy(model, subset, description=(
+                      f"evaluating {split}" if progress_bar else None))
+                  for split, subset in (("train", data.train_set), ("val", data.validation_set),
+                                        ("test", data.test_set))}
     metrics = {
-        "dataset": dataset, "arch": arch, "model": card.name, "labels": labels,
-        "train_acc": accuracy(model, data.train_set),
-        "val_acc": accuracy(model, data.validation_set),
-        "test_acc": accuracy(model, data.test_set),
+        "dataset": dataset, "arch": arch, "model": card.name, "labels": labels, **accuracies,
         "n_train": len(data.train_set), "epochs": config.epochs, "seconds": round(seconds, 1),
-        "seed": seed, "init": init, "l2_penalty": l2_penalty if PENALISED[card.name] else 0.0,
-        "config": asdict(config),
+        "eval_seconds": round(time.perf_counter() - start, 1), "seed": seed, "init": init,
+        "l2_penalty": l2_penalty if PENALISED[card.name] else 0.0, "config": asdict(config),
     }
     return model, metrics
 
@@ -158,6 +213,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metrics: dict) ->
 
 
 def load_checkpoint(path: str | os.PathLike, arch: str) -> nn.Module:
+    """The trained model of a checkpoint written by ``save_checkpoint``, in eval mode."""
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     card = create_model(ARCHS[arch])
     card.model.load_state_dict(checkpoint["state_dict"])
@@ -166,6 +224,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str) -> nn.Module:
 
 def run_training_stage(dataset: str, arch: str, labels: str, params: dict, data_dir: Path,
                        checkpoint: Path, metrics_path: Path) -> dict:
+    """The DVC `train` stage: train one model, write its checkpoint and metrics."""
     section = params["train"]
     config = TrainConfig.from_params(section[f"{labels}_labels"])
     model, metrics = train_mnist_model(
