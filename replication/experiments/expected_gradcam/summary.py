@@ -1,0 +1,324 @@
+"""Claim values C1–C9 (paper_notes/expected_gradcam.md §4) derived from the stage tables.
+
+Each claim gets ``{"value": number or null, "n": …, "detail": {…}}`` (plus ``reason`` when
+null), a number that claims/expected_gradcam.yaml judges with one operator. A claim is judged on
+the models in ``claims.models`` (the ImageNet models: the paper's domain); when there are
+several, ``value`` is the least favourable of them, so the claim must hold on every model. The
+other models appear in ``detail``. ``claims.method`` names the configured method that stands
+for Expected Grad-CAM (default ``expected_gradcam``); the other configured variants appear in
+the detail. Every threshold is ours [I]: the paper's numbers are unknown.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from replication.experiments.expected_gradcam import experiments as ex
+from replication.metrics import stats
+
+EGC, GC, IGC = "expected_gradcam", "gradcam", "integrated_gradcam"
+SATURATED_AT = 0.7  # the notes' example bound for "α* clearly < 1"
+
+
+def _models(table: pd.DataFrame, wanted: Sequence[str]) -> list[str]:
+    """The claim models present in ``table``; every model present when none is named."""
+    present = list(dict.fromkeys(table["model"])) if len(table) else []
+    return [m for m in wanted if m in present] if wanted else present
+
+
+def _paired(scores: pd.DataFrame, model: str, metric: str, a: str, b: str,
+            boot: Mapping[str, Any]) -> dict | None:
+    """Paired comparison a − b of ``metric`` on the images both were scored on."""
+    rows = scores[(scores["model"] == model) & (scores["metric"] == metric)]
+    table = rows.pivot(index="image", columns="method", values="value")
+    if a not in table or b not in table:
+        return None
+    pairs = table[[a, b]].dropna()
+    if pairs.empty:
+        return None
+    cmp = stats.paired_comparison(pairs[a].to_numpy(), pairs[b].to_numpy(),
+                                  n_resamples=int(boot.get("n_resamples", 10_000)),
+                                  confidence=float(boot.get("confidence", 0.95)),
+                                  seed=int(boot.get("seed", 0)))
+    return {"difference": cmp.mean_difference, "ci_low": cmp.ci_low, "ci_high": cmp.ci_high,
+            "p_value": cmp.p_value, "n": cmp.n_pairs, "a": a, "b": b}
+
+
+def _worst(per_model: Mapping[str, dict | None], key: str, models: Sequence[str],
+           worst: Callable[[Sequence[float]], float]) -> tuple[float | None, dict | None]:
+    """The least favourable value over ``models`` and the entry it came from."""
+    entries = [(per_model[m][key], per_model[m]) for m in models
+               if per_model.get(m) is not None and per_model[m].get(key) is not None
+               and not (isinstance(per_model[m][key], float) and math.isnan(per_model[m][key]))]
+    if not entries:
+        return None, None
+    value = worst([v for v, _ in entries])
+    return value, next(e for v, e in entries if v == value)
+
+
+def _claim(value: Any, entry: Mapping | None, detail: Any, reason: str = "",
+           keys: Sequence[str] = ("ci_low", "ci_high", "p_value", "n")) -> dict:
+    out: dict[str, Any] = {"value": None if value is None else float(value)}
+    for key in keys:
+        out[key] = None if entry is None else entry.get(key)
+    out["detail"] = detail
+    if value is None:
+        out["reason"] = reason or ("none of the claim models (expected_gradcam.claims.models) "
+                                   "has data for this claim in this run")
+    return out
+
+
+def c1_saturation(alpha_star: pd.DataFrame, topk: pd.DataFrame | None,
+                  models: Sequence[str]) -> dict:
+    """C1: median α* (black baseline) per model; value = the largest over the claim models
+    (judged ≤ 0.7). Detail: the share of images with α* ≤ 0.7, the data-baseline median, and the
+    top-k channel AUC difference Expected Grad-CAM − Grad-CAM in the strong-saturation half
+    versus the rest (our reading of the appendix's top-k insertion)."""
+    if alpha_star is None or alpha_star.empty:
+        return _claim(None, None, {}, "the saturation stage did not run")
+    per_model: dict[str, dict] = {}
+    groups = ex.saturation_groups(alpha_star)
+    aucs = ex.channel_insertion_auc(topk) if topk is not None and len(topk) else None
+    for model in dict.fromkeys(alpha_star["model"]):
+        rows = alpha_star[alpha_star["model"] == model]
+        black = rows[rows["baseline"] == "black"]["alpha_star"].dropna()
+        data = rows[rows["baseline"] == "data"]["alpha_star"].dropna()
+        entry = {"median_alpha_star": float(black.median()) if len(black) else None,
+                 "share_at_most_0.7": float((black <= SATURATED_AT).mean()) if len(black) else None,
+                 "median_alpha_star_data": float(data.median()) if len(data) else None,
+                 "n": int(black.size)}
+        if aucs is not None:
+            merged = aucs[aucs["model"] == model].merge(groups, on=["model", "image"])
+            wide = merged.pivot(index=["image", "group"], columns="method", values="auc")
+            for method in [m for m in wide.columns if m != GC and GC in wide]:
+                diff = (wide[method] - wide[GC]).groupby(level="group").mean()
+                entry[f"topk_auc_difference_{method}_minus_gradcam"] = diff.to_dict()
+        per_model[model] = entry
+    value, entry = _worst(per_model, "median_alpha_star", _models(alpha_star, models), max)
+    return _claim(value, entry, per_model, keys=("n",))
+
+
+def _variants(scores: pd.DataFrame, model: str, metric: str, egc: str, reference: str,
+              boot: Mapping) -> dict:
+    """The same paired difference for the other configured Expected Grad-CAMs (detail)."""
+    others = [m for m in dict.fromkeys(scores[scores["model"] == model]["method"])
+              if m.startswith("expected_gradcam") and m not in (egc, "expected_gradcam_pp")]
+    return {m: _paired(scores, model, metric, m, reference, boot) for m in others}
+
+
+def c2_faithfulness(scores: pd.DataFrame, models: Sequence[str], boot: Mapping,
+                    egc: str = EGC) -> dict:
+    """C2: mean paired insertion difference Expected Grad-CAM − Grad-CAM (judged > 0); value =
+    the smallest over the claim models. Detail: deletion (lower is better) and the other
+    gradient CAMs' insertion differences for the ranking."""
+    per_model = {}
+    for model in dict.fromkeys(scores["model"]):
+        entry = _paired(scores, model, "insertion", egc, GC, boot)
+        if entry is None:
+            continue
+        entry["deletion"] = _paired(scores, model, "deletion", egc, GC, boot)
+        entry["other_variants"] = _variants(scores, model, "insertion", egc, GC, boot)
+        means = scores[(scores["model"] == model) & (scores["metric"] == "insertion")
+                       ].groupby("method")["value"].mean().sort_values(ascending=False)
+        entry["insertion_ranking"] = list(means.index)
+        per_model[model] = entry
+    value, entry = _worst(per_model, "difference", _models(scores, models), min)
+    return _claim(value, entry, per_model)
+
+
+def c3_infidelity(scores: pd.DataFrame, models: Sequence[str], boot: Mapping,
+                  egc: str = EGC, metric: str = "infidelity") -> dict:
+    """C3: rank of Expected Grad-CAM's mean infidelity among the gradient CAMs (1 = lowest) on
+    the images every one of them was scored on; value = the worst rank over the claim models
+    (judged ≤ 1). Detail: the means and the paired differences with Grad-CAM and Integrated
+    Grad-CAM."""
+    per_model = {}
+    ranked = [m for m in ex.GRADIENT_CAMS if m != EGC] + [egc]
+    for model in dict.fromkeys(scores["model"]):
+        rows = scores[(scores["model"] == model) & (scores["metric"] == metric)
+                      & scores["method"].isin(ranked)]
+        table = rows.pivot(index="image", columns="method", values="value").dropna()
+        if egc not in table or table.empty:
+            continue
+        means = table.mean().sort_values()
+        per_model[model] = {"rank": int(list(means.index).index(egc) + 1),
+                            "of": int(len(means)), "means": means.to_dict(),
+                            "n": int(len(table)),
+                            "vs_gradcam": _paired(scores, model, metric, egc, GC, boot),
+                            "vs_integrated_gradcam": _paired(scores, model, metric, egc, IGC, boot),
+                            "other_variants": _variants(scores, model, metric, egc, GC, boot)}
+    value, entry = _worst(per_model, "rank", _models(scores, models), max)
+    return _claim(value, entry, per_model, keys=("n",))
+
+
+def c4_robustness(scores: pd.DataFrame, models: Sequence[str], boot: Mapping,
+                  egc: str = EGC) -> dict:
+    """C4: max-sensitivity differences Expected Grad-CAM − Grad-CAM and − Integrated Grad-CAM;
+    value = the largest of both over the claim models (judged < 0: lower than both)."""
+    per_model = {}
+    for model in dict.fromkeys(scores["model"]):
+        pairs = {other: _paired(scores, model, "max_sensitivity", egc, other, boot)
+                 for other in (GC, IGC)}
+        pairs = {k: v for k, v in pairs.items() if v is not None}
+        if not pairs:
+            continue
+        worst = max(pairs.values(), key=lambda e: e["difference"])
+        per_model[model] = {**worst, "comparisons": pairs}
+    value, entry = _worst(per_model, "difference", _models(scores, models), max)
+    return _claim(value, entry, per_model)
+
+
+def c5_complexity(sigma_sweep: pd.DataFrame, models: Sequence[str], egc: str = EGC) -> dict:
+    """C5: Spearman |ρ| between σ and the mean complexity over the σ sweep; value = the smallest
+    over the claim models (judged ≥ 0.9). Detail: ρ with its sign and the per-σ means of every
+    swept metric."""
+    if sigma_sweep is None or sigma_sweep.empty:
+        return _claim(None, None, {}, "the smoothing stage did not run")
+    if "method" in sigma_sweep:
+        sigma_sweep = sigma_sweep[sigma_sweep["method"] == egc]
+    per_model = {}
+    for model in dict.fromkeys(sigma_sweep["model"]):
+        rows = sigma_sweep[sigma_sweep["model"] == model]
+        means = rows.groupby(["metric", "sigma"])["value"].mean()
+        if "complexity" not in means.index.get_level_values(0):
+            continue
+        complexity = means.loc["complexity"]
+        if len(complexity) < 3:
+            rho = math.nan
+        elif np.ptp(complexity.to_numpy()) <= 1e-9 * max(1.0, abs(complexity.mean())):
+            rho = 0.0  # σ leaves the complexity unchanged: no trend at all (ρ is undefined)
+        else:
+            rho = float(scipy_stats.spearmanr(complexity.index, complexity.to_numpy()).statistic)
+        per_model[model] = {"abs_rho": abs(rho), "rho": rho, "n": int(len(complexity)),
+                            "n_images": int(rows[rows["metric"] == "complexity"]["image"].nunique()),
+                            "means": {m: means.loc[m].to_dict()
+                                      for m in means.index.get_level_values(0).unique()}}
+    value, entry = _worst(per_model, "abs_rho", _models(sigma_sweep, models), min)
+    return _claim(value, entry, per_model, keys=("rho", "n"))
+
+
+def c6_baseline_sensitivity(pairs: pd.DataFrame, models: Sequence[str], boot: Mapping,
+                            egc: str = EGC) -> dict:
+    """C6: per image, the mean pairwise Spearman over configurations; paired difference
+    Expected Grad-CAM − Integrated Grad-CAM; value = the smallest over the claim models (judged
+    > 0: Expected Grad-CAM's maps depend less on the baseline choice)."""
+    if pairs is None or pairs.empty:
+        return _claim(None, None, {}, "the baseline stage did not run")
+    means = ex.mean_pairwise(pairs).rename(columns={"mean_spearman": "value"})
+    means["metric"] = "mean_spearman"
+    per_model = {}
+    for model in dict.fromkeys(means["model"]):
+        entry = _paired(means, model, "mean_spearman", egc, IGC, boot)
+        if entry is None:
+            continue
+        entry["means"] = means[means["model"] == model].groupby("method")["value"].mean().to_dict()
+        per_model[model] = entry
+    value, entry = _worst(per_model, "difference", _models(means, models), min)
+    return _claim(value, entry, per_model)
+
+
+def c8_substitute(scores: pd.DataFrame, models: Sequence[str], boot: Mapping) -> dict:
+    """C8 (optional): insertion difference Expected Grad-CAM++ (ours) − Grad-CAM++; value = the
+    smallest over the claim models (judged > 0). Detail: every metric's paired difference."""
+    per_model = {}
+    for model in dict.fromkeys(scores["model"]):
+        entry = _paired(scores, model, "insertion", "expected_gradcam_pp", "gradcam_pp", boot)
+        if entry is None:
+            continue
+        metrics = scores[scores["model"] == model]["metric"].unique()
+        entry["all_metrics"] = {m: _paired(scores, model, m, "expected_gradcam_pp",
+                                           "gradcam_pp", boot) for m in metrics}
+        per_model[model] = entry
+    value, entry = _worst(per_model, "difference", _models(scores, models), min)
+    missing = "expected_gradcam_pp" not in set(scores["method"])
+    return _claim(value, entry, per_model,
+                  reason="Expected Grad-CAM++ was not in expected_gradcam.comparison.methods"
+                  if missing else "")
+
+
+def c9_special_cases(special: pd.DataFrame) -> dict:
+    """C9: the largest relative difference max|a − b| / max|b| over the exact reductions
+    (Grad-CAM, Integrated Grad-CAM, Grad-CAM++), every model and image (judged < 1e-4). Detail:
+    per model and case, and the layer-EG completeness gaps (approximate, reported only)."""
+    if special is None or special.empty:
+        return _claim(None, None, {}, "the special-cases stage did not run")
+    exact = special[special["case"].isin(ex.REDUCTION_CASES)]
+    detail = {model: rows.groupby("case")["relative"].agg(["max", "median", "size"])
+              .rename(columns={"size": "n"}).to_dict(orient="index")
+              for model, rows in special.groupby("model", sort=False)}
+    value = float(exact["relative"].max()) if len(exact) else None
+    return _claim(value, {"n": int(len(exact))}, detail, keys=("n",))
+
+
+def claim_values(*, scores: pd.DataFrame | None, alpha_star: pd.DataFrame | None,
+                 topk: pd.DataFrame | None, sigma_sweep: pd.DataFrame | None,
+                 baseline_pairs: pd.DataFrame | None, special: pd.DataFrame | None,
+                 section: Mapping[str, Any]) -> dict:
+    """{"C1": {"value": …, "n": …, "detail": …}, …, "C9": …} from the stage tables."""
+    settings = section.get("claims") or {}
+    models = list(settings.get("models") or [])
+    egc = str(settings.get("method", EGC))
+    boot = {**(section.get("bootstrap") or {}), "seed": int(section.get("seed", 0))}
+    scores = scores if scores is not None else pd.DataFrame(
+        columns=["model", "method", "image", "metric", "value"])
+    same = equals_gradcam(special, egc)
+    values = {
+        "C1": c1_saturation(alpha_star, topk, models),
+        "C2": c2_faithfulness(scores, models, boot, egc),
+        "C3": c3_infidelity(scores, models, boot, egc),
+        "C4": c4_robustness(scores, models, boot, egc),
+        "C5": c5_complexity(sigma_sweep, models, egc),
+        "C6": c6_baseline_sensitivity(baseline_pairs, models, boot, egc),
+        "C7": _claim(None, None, {}, "localisation needs ILSVRC2012 validation bounding boxes, "
+                     "which no offline source provides; not run"),
+        # Expected Grad-CAM++ equals Grad-CAM++ where the CAM layer feeds pooling and a linear
+        # head (Lite0), so C8 may be judged on other models: claims.substitute_models.
+        "C8": c8_substitute(scores, list(settings.get("substitute_models") or models), boot),
+        "C9": c9_special_cases(special),
+        "claim_models": models,
+        "claim_method": egc,
+        "claim_method_equals_gradcam": same,
+    }
+    void = [m for m in _models(scores, models) if same.get(m)]
+    if void:
+        for key in ("C2", "C3", "C4", "C5", "C6"):
+            values[key]["value"] = None
+            values[key]["reason"] = (
+                f"{egc} coincides with Grad-CAM on {', '.join(void)} (special case "
+                f"'configured:{egc}' ≈ 0: the target layer is followed by pooling and a linear "
+                "head, so ∂y/∂A is the same at every input); the comparison is void. Choose "
+                "another variant in expected_gradcam.claims.method")
+    return values
+
+
+def equals_gradcam(special: pd.DataFrame | None, method: str, tolerance: float = 1e-6) -> dict:
+    """Per model: does the configured ``method`` give Grad-CAM's maps (the special-cases
+    diagnostic ``configured:<method>``, largest relative difference ≤ ``tolerance``)?"""
+    if special is None or special.empty:
+        return {}
+    rows = special[special["case"] == f"configured:{method}"]
+    return {model: bool(g["relative"].max() <= tolerance)
+            for model, g in rows.groupby("model", sort=False)}
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() and path.stat().st_size > 1 else None
+
+
+def claim_values_from_folder(results: str | Path, section: Mapping[str, Any]) -> dict:
+    """:func:`claim_values` over the CSVs of results/expected_gradcam/ (missing → null claims)."""
+    results = Path(results)
+    return claim_values(scores=_read(results / "comparison_scores.csv"),
+                        alpha_star=_read(results / "saturation_alpha_star.csv"),
+                        topk=_read(results / "saturation_topk.csv"),
+                        sigma_sweep=_read(results / "sigma_sweep.csv"),
+                        baseline_pairs=_read(results / "baseline_sensitivity.csv"),
+                        special=_read(results / "special_cases.csv"), section=section)
+
