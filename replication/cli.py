@@ -13,7 +13,7 @@ from pathlib import Path
 from replication import config
 from replication.data import imagenet, mnist
 from replication.data.fetch import Network, mirror_root
-from replication.errors import ReplicationError
+from replication.errors import ConfigError, ReplicationError
 from replication.fileio import write_json
 
 log = logging.getLogger("replication")
@@ -98,6 +98,47 @@ def cmd_sanity(args: argparse.Namespace, params: dict) -> None:
                          claims_dir=Path(args.claims), out=Path(args.out))
 
 
+PARCHGRAD_PATHS = ("datasets", "models", "statistics", "out", "metrics", "maps", "results",
+                   "statistics_metrics", "archives")
+
+
+def cmd_parchgrad(args: argparse.Namespace, params: dict) -> None:
+    """The ParchGrad stages (replication.experiments.parchgrad.stages.STAGES)."""
+    import inspect
+
+    from replication.experiments.parchgrad.stages import STAGES
+
+    stage = STAGES[args.stage]
+    wanted = [p for p in inspect.signature(stage).parameters if p != "params"]
+    missing = [p for p in wanted if getattr(args, p) is None]
+    if missing:
+        raise ConfigError(f"parchgrad {args.stage} needs " + ", ".join(
+            f"--{m.replace('_', '-')}" for m in missing))
+    stage(params, **{p: Path(getattr(args, p)) for p in wanted})
+
+
+EGC_STAGES = ("comparison", "saturation", "smoothing", "baselines", "special-cases", "figures",
+              "claims")
+
+
+def cmd_expected_gradcam(args: argparse.Namespace, params: dict) -> None:
+    """The Expected Grad-CAM stages (replication.experiments.expected_gradcam.stages)."""
+    from replication.experiments.expected_gradcam import stages
+
+    results = Path(args.results)
+    if args.stage == "figures":
+        stages.run_figures(params, results=results, out=Path(args.out))
+    elif args.stage == "claims":
+        stages.run_claims(params, results=results, out=Path(args.out))
+    else:
+        datasets, models = Path(args.datasets), Path(args.models)
+        data = stages.DataPaths(imagenet_sample=datasets / "imagenet_sample",
+                                ilsvrc2012=datasets / "ilsvrc2012_val", mnist=datasets / "mnist",
+                                mnist_checkpoint=models / "mnist-cnn-true.pt")
+        run = getattr(stages, f"run_{args.stage.replace('-', '_')}")
+        run(params, data=data, results=results, metrics=Path(args.metrics))
+
+
 def cmd_report(args: argparse.Namespace, params: dict) -> None:
     from replication.report import write_report
 
@@ -155,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     sanity.add_argument("--metrics", help="output metrics (JSON)")
     sanity.add_argument("--out", help="output folder (figures)")
     sanity.set_defaults(run=cmd_sanity)
+
+    parchgrad = commands.add_parser("parchgrad", help="ParchGrad: one stage")
+    parchgrad.add_argument("stage", choices=["statistics", "toys", "vc", "q-sweep", "faithfulness",
+                                             "costs", "statistics-checks", "bbox", "summary",
+                                             "figures"])
+    for name in PARCHGRAD_PATHS:
+        parchgrad.add_argument(f"--{name.replace('_', '-')}", dest=name)
+    parchgrad.set_defaults(run=cmd_parchgrad)
+
+    egc = commands.add_parser("expected-gradcam", help="Expected Grad-CAM: one stage")
+    egc.add_argument("stage", choices=EGC_STAGES)
+    egc.add_argument("--datasets", default="datasets")
+    egc.add_argument("--models", default="models")
+    egc.add_argument("--results", default="results/expected_gradcam")
+    egc.add_argument("--metrics", default="metrics/expected_gradcam", help="summary folder")
+    egc.add_argument("--out", help="figures folder (figures) or claims JSON (claims)")
+    egc.set_defaults(run=cmd_expected_gradcam)
 
     report = commands.add_parser("report", help="verdict of every claim: reports/replication.md")
     report.add_argument("--claims", default="claims")

@@ -55,7 +55,7 @@ def section(params: Mapping, name: str) -> dict:
     root = params.get("parchgrad")
     if not isinstance(root, Mapping) or name not in root:
         raise ConfigError(f"params.yaml has no parchgrad.{name} section")
-    return {**root[name], "seed": int(root.get("seed", 0)),
+    return {**root[name], "seed": int(root.get("seed", params.get("seed", 0))),
             "shapiro_threshold": root.get("shapiro_threshold", X.SHAPIRO_THRESHOLD),
             "spatial_1x1": root.get("spatial_1x1", "energy")}
 
