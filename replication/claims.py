@@ -142,15 +142,25 @@ def evaluate(claim: Claim, root: str | os.PathLike = ".") -> Verdict:
     try:
         ours = lookup(metrics, claim.ours_key)
     except (KeyError, IndexError, ValueError, TypeError):
-        return Verdict(claim, NOT_RUN, reason=f"{claim.ours_file} has no {claim.ours_key!r}")
+        reason = _stated_reason(metrics, claim.ours_key)
+        return Verdict(claim, NOT_RUN, reason=reason or f"{claim.ours_file} has no {claim.ours_key!r}")
     if ours is None or (isinstance(ours, float) and math.isnan(ours)):
-        reason = "the stage recorded no value"
-        if isinstance(metrics, dict):  # a stage may say why a value is missing
-            parent = lookup(metrics, claim.ours_key.rsplit(".", 1)[0]) if "." in claim.ours_key else {}
-            if isinstance(parent, dict) and parent.get("reason"):
-                reason = str(parent["reason"])
-        return Verdict(claim, NOT_RUN, ours, reason=reason)
+        return Verdict(claim, NOT_RUN, ours, reason=_stated_reason(metrics, claim.ours_key)
+                       or "the stage recorded no value")
     return Verdict(claim, judge(claim, ours), ours)
+
+
+def _stated_reason(metrics: Any, dotted: str) -> str:
+    """The ``reason`` a stage wrote beside a missing value: in the nearest enclosing mapping."""
+    parts = dotted.split(".")
+    for depth in range(len(parts) - 1, -1, -1):
+        try:
+            parent = lookup(metrics, ".".join(parts[:depth])) if depth else metrics
+        except (KeyError, IndexError, ValueError, TypeError):
+            continue
+        if isinstance(parent, dict) and parent.get("reason"):
+            return str(parent["reason"])
+    return ""
 
 
 def judge(claim: Claim, value: Any) -> str:

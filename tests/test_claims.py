@@ -59,6 +59,15 @@ def test_verdicts_follow_the_metrics(tmp_path):
     assert verdicts["C5"].status == NOT_RUN and "nothing.here" in verdicts["C5"].reason
 
 
+def test_a_missing_value_reports_the_reason_its_stage_wrote(tmp_path):
+    reason = "needs ILSVRC2012 boxes; not available offline"
+    _write(tmp_path, CLAIMS, {"ig": {"abs": None, "reason": reason},
+                              "nothing": {"value": None, "detail": {}, "reason": reason}})
+    verdicts = {c.id: evaluate(c, tmp_path) for c in load_claims(tmp_path / "claims")}
+    assert verdicts["C1"].status == NOT_RUN and verdicts["C1"].reason == reason
+    assert verdicts["C5"].status == NOT_RUN and verdicts["C5"].reason == reason  # key absent
+
+
 def test_the_same_claim_fails_when_the_metric_moves(tmp_path):
     _write(tmp_path, CLAIMS, {"ig": {"abs": 0.85}, "grad": {"abs": 0.1}, "accs": [0.9, 0.2]})
     verdicts = {c.id: evaluate(c, tmp_path) for c in load_claims(tmp_path / "claims")}
