@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from replication.fileio import atomic_write_bytes  # noqa: E402
+from replication.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 # The Sanity Checks paper's colour maps: grayscale for absolute maps, blue-white-red for signed.
 ABS_CMAP, DIVERGING_CMAP, HEAT_CMAP = "gray", "bwr", "Reds"
@@ -80,8 +81,11 @@ def gallery(images: Sequence[Sequence[np.ndarray | None]], *, row_labels: Sequen
                              ha="left" if cols > 8 else "center")
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=6, rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title, fontsize=8, y=1.0)
+    if title:  # wrapped to the grid's width, so a long title does not widen the figure
+        width = fig.get_figwidth()
+        fig.suptitle(textwrap.fill(title, max(40, int(width * 15)),
+                                   break_on_hyphens=False), fontsize=8, y=1.0,
+                     va="bottom")
     fig.subplots_adjust(wspace=0.03, hspace=0.05)
     return fig
 
@@ -109,3 +113,37 @@ def curves(data: pd.DataFrame, *, x: str, y: str, hue: str, sd: str | None = Non
     ax.set_ylabel(ylabel or y)
     ax.set_title(title)
     return ax
+
+
+def table_cell(value: object) -> str:
+    """One Markdown cell: 4 significant digits, — for missing, yes/no, pipes escaped."""
+    if value is None or (isinstance(value, (float, np.floating)) and np.isnan(value)):
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``frame`` (no extra dependency)."""
+    if frame.empty:
+        return "(no rows)\n"
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(table_cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_table(frame: pd.DataFrame, stem: str | os.PathLike, title: str,
+                note: str = "") -> list[Path]:
+    """``stem``.csv and ``stem``.md (a title, the table, a note), written atomically."""
+    stem = Path(stem)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.6g", lineterminator="\n")
+    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    text = f"# {title}\n\n{markdown_table(frame)}" + (f"\n{note.strip()}\n" if note else "")
+    atomic_write_text(stem.with_suffix(".md"), text)
+    return [stem.with_suffix(".csv"), stem.with_suffix(".md")]

@@ -20,10 +20,9 @@ import torch
 
 from replication import plotting
 from replication.attribution import postprocess
-from replication.experiments.common import write_csv
 from replication.experiments.expected_gradcam import experiments as ex
-from replication.fileio import atomic_write_text
 from replication.metrics import stats
+from replication.plotting import write_table
 
 MODEL_LABELS = {"efficientnet_lite0": "EfficientNet-Lite0", "mnist_cnn": "MNIST CNN",
                 "vgg16": "VGG-16", "resnet50": "ResNet-50", "vgg16_bn": "VGG-16-BN",
@@ -104,30 +103,10 @@ def _colour(method: str) -> str:
 
 # --------------------------------------------------------------------------------- markdown
 
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value)
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table (no extra dependency)."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_table(frame: pd.DataFrame, stem: Path, title: str, note: str = "") -> list[Path]:
-    """``stem``.csv and ``stem``.md (a title, the table, a note)."""
-    write_csv(frame, stem.with_suffix(".csv"))
-    text = f"# {title}\n\n{markdown_table(frame)}" + (f"\n{note}\n" if note else "")
-    atomic_write_text(stem.with_suffix(".md"), text)
-    return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
 
 
 # --------------------------------------------------------------------------------- panels
@@ -379,10 +358,11 @@ def stability_figure(stability: pd.DataFrame, profile: str) -> plt.Figure:
 def comparison_table(summary: pd.DataFrame) -> pd.DataFrame:
     out = summary.copy()
     out["method"] = out["method"].map(_method_label)
-    out["mean [95% CI]"] = [f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]"
+    cell = plotting.table_cell
+    out["mean [95% CI]"] = [f"{cell(m)} [{cell(lo)}, {cell(hi)}]"
                             for m, lo, hi in zip(out["mean"], out["ci_low"], out["ci_high"])]
     out["Δ vs Grad-CAM [95% CI]"] = [
-        "—" if math.isnan(d) else f"{_fmt(d)} [{_fmt(lo)}, {_fmt(hi)}]"
+        "—" if math.isnan(d) else f"{cell(d)} [{cell(lo)}, {cell(hi)}]"
         for d, lo, hi in zip(out["difference"], out["difference_ci_low"],
                              out["difference_ci_high"])]
     out["direction"] = np.where(out["higher_is_better"], "↑", "↓")

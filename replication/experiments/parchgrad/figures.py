@@ -23,7 +23,6 @@ Figures are PNG + PDF (``plotting.save_figure``), tables CSV + Markdown.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +36,7 @@ from replication.experiments.common import write_csv
 from replication.experiments.parchgrad.experiments import panel_key
 from replication.experiments.parchgrad.summary import load_results
 from replication.fileio import atomic_write_text
+from replication.plotting import markdown_table, write_table
 
 MODEL_NAMES = {"mnist_cnn": "MNIST CNN", "fashion_mnist_cnn": "Fashion-MNIST CNN",
                "efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18",
@@ -54,31 +54,10 @@ def model_title(model: str, profile: str) -> str:
 
 # --------------------------------------------------------------------------- tables
 
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return "(no rows)\n"
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
-def write_table(frame: pd.DataFrame, stem: Path, title: str, note: str = "") -> list[Path]:
-    """``stem``.csv and ``stem``.md (title, table, note)."""
-    write_csv(frame, stem.with_suffix(".csv"))
-    text = f"# {title}\n\n{markdown_table(frame)}" + (f"\n{note.strip()}\n" if note else "")
-    atomic_write_text(stem.with_suffix(".md"), text)
-    return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
 
 
 def _load_maps(path: Path) -> dict[str, np.ndarray]:
@@ -256,7 +235,7 @@ def e3_costs(costs: pd.DataFrame, out: Path, profile: str) -> list[Path]:
                        "Columns category … sample_size are the project page's table verbatim "
                        "(O = yes, X = no; M = samples, C = channels). forward_backward / forward are "
                        "the engine's passes per map; seconds per map were measured on this machine "
-                       f"(1-minute load average up to {_fmt(float(load))}; shared CPU, so compare "
+                       f"(1-minute load average up to {float(load):.4g}; shared CPU, so compare "
                        "ratios, not absolute times; the fastest of `repeats` timings). CRP is not "
                        "provided by the engine. ParchGrad's one-time statistics pass is not in its "
                        "per-map cost.")

@@ -23,7 +23,7 @@ from replication.experiments.sanity_checks.stages import load_arrays
 from replication.experiments.sanity_checks.summary import pair_summary
 from replication.fileio import atomic_write_text
 from replication.plotting import (ABS_CMAP, DIVERGING_CMAP, HEAT_CMAP, curves, gallery,
-                                  save_figure, use_style)
+                                  markdown_table, save_figure, use_style)
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +184,6 @@ def _paper_key(comparison: str) -> str:
     return comparison
 
 
-def markdown_table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "—" if np.isnan(value) else float_format.format(value)
-        return str(value).replace("|", "\\|")
-
-    head = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([head, rule, *body]) + "\n"
 
 
 def draw_all(params: dict, *, results: Path, maps: Path, claims_dir: Path, out: Path) -> list[Path]:
