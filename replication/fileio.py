@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import numpy as np
 
 CHUNK = 1 << 20
 
@@ -63,6 +66,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def json_safe(value: Any, *, infinity_as_string: bool = False) -> Any:
+    """``value`` with numpy scalars made Python, keys made strings and NaN made None,
+    recursively; ±inf becomes None too, or "inf" / "-inf" with ``infinity_as_string`` (strict
+    JSON has neither)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v, infinity_as_string=infinity_as_string)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, infinity_as_string=infinity_as_string) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, float) and math.isinf(value):
+        if not infinity_as_string:
+            return None
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, Any]) -> None:
+    """``np.savez_compressed`` of ``arrays``, written atomically."""
+    with atomic_open(path) as handle:
+        np.savez_compressed(handle, **arrays)
 
 
 @contextlib.contextmanager

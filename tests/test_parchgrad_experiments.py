@@ -21,6 +21,7 @@ from replication.experiments.parchgrad import experiments as X
 from replication.experiments.parchgrad import figures, stages
 from replication.experiments.parchgrad import statistics as S
 from replication.experiments.parchgrad import summary as SUM
+from replication.fileio import write_npz
 from replication.models import create_model
 from replication.models.base import Preprocessing
 
@@ -297,9 +298,9 @@ def test_stages_summary_and_figures(tmp_path, computed, setup):
                      results / "faithfulness" / "e5_summary.csv")
     stages.write_csv(X.faithfulness_comparisons(faith.per_image, 100, 0),
                      results / "faithfulness" / "e5_paired.csv")
-    stages._save_maps(maps / "vc.npz", {X.panel_key("mnist_cnn", k): v for k, v in vc.maps.items()})
-    stages._save_maps(maps / "q_sweep.npz",
-                      {X.panel_key("mnist_cnn", k): v for k, v in sweep.maps.items()})
+    write_npz(maps / "vc.npz", {X.panel_key("mnist_cnn", k): v for k, v in vc.maps.items()})
+    write_npz(maps / "q_sweep.npz",
+              {X.panel_key("mnist_cnn", k): v for k, v in sweep.maps.items()})
     card, corrected, bug, images, explainer = setup
     effect = X.statistics_bug_effect(card, images.subset([0]), corrected, bug,
                                      {**NO_FILTER, "channel_portions": [0.25], "hooks": "default"},

@@ -8,13 +8,11 @@ only in that section. Every file is written atomically.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +23,7 @@ from replication.errors import ConfigError
 from replication.experiments.common import (Explainer, ImageSet, imagenet_set, mnist_set,
                                             trained_mnist_model, write_csv)
 from replication.experiments.expected_gradcam import experiments as ex
-from replication.fileio import atomic_write_bytes, write_json
+from replication.fileio import json_safe, write_json, write_npz
 from replication.models import ModelCard, create_model
 
 log = logging.getLogger("replication")
@@ -141,11 +139,6 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _write_npz(path: Path, **arrays: Any) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
 
 def display_pixels(card: ModelCard, images: torch.Tensor) -> np.ndarray:
     """Images as uint8 (N, H, W, C) for panels (the model's normalisation undone)."""
@@ -193,11 +186,11 @@ def run_comparison(params: dict, *, data: DataPaths, results: Path, metrics: Pat
         seed=int(params.get("seed", 0))) if len(table) else pd.DataFrame()
     write_csv(table, results / "comparison_scores.csv")
     write_csv(summary_table, results / "comparison_summary.csv")
-    _write_npz(results / "panels.npz", **panels)
+    write_npz(results / "panels.npz", panels)
     summary["means"] = {
         f"{r.model}/{r.method}/{r.metric}": r.mean for r in summary_table.itertuples()
     } if len(summary_table) else {}
-    write_json(metrics / "comparison.json", _clean(summary))
+    write_json(metrics / "comparison.json", json_safe(summary))
     return summary
 
 
@@ -219,7 +212,7 @@ def run_saturation(params: dict, *, data: DataPaths, results: Path, metrics: Pat
     write_csv(_concat(curves), results / "saturation_curves.csv")
     write_csv(_concat(stars), results / "saturation_alpha_star.csv")
     write_csv(_concat(topk), results / "saturation_topk.csv")
-    write_json(metrics / "saturation.json", _clean(summary))
+    write_json(metrics / "saturation.json", json_safe(summary))
     return summary
 
 
@@ -247,8 +240,8 @@ def run_smoothing(params: dict, *, data: DataPaths, results: Path, metrics: Path
                                      ["value"].mean().items()}}
     write_csv(_concat(sweeps), results / "sigma_sweep.csv")
     write_csv(_concat(stability), results / "sample_stability.csv")
-    _write_npz(results / "sigma_panels.npz", **panels)
-    write_json(metrics / "smoothing.json", _clean(summary))
+    write_npz(results / "sigma_panels.npz", panels)
+    write_json(metrics / "smoothing.json", json_safe(summary))
     return summary
 
 
@@ -264,7 +257,7 @@ def run_baselines(params: dict, *, data: DataPaths, results: Path, metrics: Path
             "mean_pairwise_spearman": ex.mean_pairwise(table).groupby("method")["mean_spearman"]
             .mean().to_dict()}
     write_csv(_concat(pairs), results / "baseline_sensitivity.csv")
-    write_json(metrics / "baselines.json", _clean(summary))
+    write_json(metrics / "baselines.json", json_safe(summary))
     return summary
 
 
@@ -279,7 +272,7 @@ def run_special_cases(params: dict, *, data: DataPaths, results: Path, metrics: 
             **md.description, "seconds": _timed("special_cases", md.card.name, start),
             "max_relative": table.groupby("case")["relative"].max().to_dict()}
     write_csv(_concat(tables), results / "special_cases.csv")
-    write_json(metrics / "special_cases.json", _clean(summary))
+    write_json(metrics / "special_cases.json", json_safe(summary))
     return summary
 
 
@@ -295,21 +288,9 @@ def run_claims(params: dict, *, results: Path, out: Path) -> dict:
     from replication.experiments.expected_gradcam.summary import claim_values_from_folder
 
     values = claim_values_from_folder(results, section(params))
-    write_json(out, _clean(values))
+    write_json(out, json_safe(values))
     return values
 
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN to null."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 __all__ = ["DataPaths", "OUTPUTS", "load_model_data", "run_baselines", "run_claims",

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Subset, TensorDataset
@@ -28,7 +27,7 @@ from replication.experiments.parchgrad import boxes as B
 from replication.experiments.parchgrad import experiments as X
 from replication.experiments.parchgrad import statistics as S
 from replication.experiments.parchgrad import summary as SUM
-from replication.fileio import atomic_directory, atomic_open, write_json
+from replication.fileio import atomic_directory, write_json, write_npz
 from replication.models import ModelCard, create_model
 
 log = logging.getLogger("replication")
@@ -151,11 +150,6 @@ def _models_of(settings: Mapping, key: str = "images") -> dict[str, int]:
     if not isinstance(models, Mapping):
         raise ConfigError(f"parchgrad: {key} must map model names to image counts")
     return {str(k): int(v) for k, v in models.items() if v}
-
-
-def _save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
-    with atomic_open(path) as handle:
-        np.savez_compressed(handle, **maps)
 
 
 def _metrics(params: Mapping, name: str, started: float, context: Context | None,
@@ -299,7 +293,7 @@ def run_vc(params: Mapping, *, datasets: Path, models: Path, statistics: Path, o
     with atomic_directory(out) as tmp:
         write_csv(pd.concat(artifacts, ignore_index=True), tmp / "e2_artifacts.csv")
         write_csv(pd.concat(pairs, ignore_index=True), tmp / "e2_pairs.csv")
-    _save_maps(Path(maps), panels)
+    write_npz(Path(maps), panels)
     result = _metrics(params, "vc", started, context, seconds_per_model=timing)
     write_json(metrics, result)
     return result
@@ -325,7 +319,7 @@ def run_q_sweep(params: Mapping, *, datasets: Path, models: Path, statistics: Pa
     with atomic_directory(out) as tmp:
         write_csv(table, tmp / "e6_q_sweep.csv")
         write_csv(summary, tmp / "e6_q_sweep_summary.csv")
-    _save_maps(Path(maps), panels)
+    write_npz(Path(maps), panels)
     result = _metrics(params, "q_sweep", started, context, seconds_per_model=timing)
     write_json(metrics, result)
     return result

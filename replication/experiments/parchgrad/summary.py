@@ -9,7 +9,6 @@ stage the profile skips) gets ``value: null`` and a ``reason``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from replication.errors import ConfigError, DataError
+from replication.fileio import json_safe
 from replication.metrics import stats
 
 CLAIM_IDS = tuple(f"C{i}" for i in range(1, 14))
@@ -49,20 +49,6 @@ def load_statistics(folder: str | os.PathLike) -> dict[str, dict]:
     """The statistics stage's summaries (``metrics/parchgrad/statistics/<model>.json``)."""
     return {path.stem: read_json(path) for path in sorted(Path(folder).glob("*.json"))}
 
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, NaN to None, ±inf to strings, recursively."""
-    if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"  # strict JSON has no infinity
-    return value
 
 
 def _missing(reason: str) -> dict:
@@ -348,4 +334,4 @@ def claim_values(tables: Mapping[str, pd.DataFrame], statistics: Mapping[str, di
                     "C8": c8, "C9": c9, "C10": c10, "C12": c12, "C13": c13}
     values = {cid: fn(tables, settings) for cid, fn in table_claims.items()}
     values["C11"] = c11(statistics, settings)
-    return _clean({cid: values[cid] for cid in CLAIM_IDS})
+    return json_safe({cid: values[cid] for cid in CLAIM_IDS}, infinity_as_string=True)
