@@ -26,7 +26,10 @@ data/README.md:
 	mkdir -p data
 	cp replication/data/ilsvrc2012_README.md $@
 
+# The settings are checked (every profile) before DVC runs: a bad params.yaml stops here, with
+# a message naming the key, before DVC deletes any stage's outputs.
 reproduce: install data/README.md
+	python -m replication params --check
 	dvc repro
 
 test: install

@@ -19,10 +19,35 @@ def imagenet_accuracy(card: ModelCard, folder: str | os.PathLike, batch_size: in
     if limit is not None:
         dataset.rows = dataset.rows[:limit]
     model = card.model.eval()
+    device = next(model.parameters()).device
     top1 = top5 = 0
     for images, labels in DataLoader(dataset, batch_size, num_workers=0):
-        best = model(images).topk(5, dim=1).indices
+        best = model(images.to(device)).topk(5, dim=1).indices.cpu()
         top1 += int((best[:, 0] == labels).sum())
         top5 += int((best == labels[:, None]).any(dim=1).sum())
     n = len(dataset)
     return {"model": card.name, "n_images": n, "top1": top1 / n, "top5": top5 / n}
+
+
+def run_accuracy_stage(ctx) -> None:
+    """The `imagenet_accuracy` stage: top-1/top-5 of each configured model, one JSON each."""
+    import logging
+
+    from replication.data import imagenet
+    from replication.devices import resolve_device
+    from replication.fileio import atomic_directory, write_json
+    from replication.models import create_model
+
+    section = ctx.settings("imagenet")
+    device = resolve_device(ctx.settings("device"))
+    folder, note = imagenet.evaluation_folder(section.source, ctx.input("sample"),
+                                              ctx.input("ilsvrc2012"))
+    with atomic_directory(ctx.output("out")) as tmp:
+        for name in section.models:
+            card = create_model(name)
+            card.model.to(device)
+            result = imagenet_accuracy(card, folder, limit=section.accuracy_images)
+            result.update(images=str(folder), fallback_note=note)
+            logging.getLogger("replication").info("%s: top-1 %.4f on %d images", name,
+                                                  result["top1"], result["n_images"])
+            write_json(tmp / f"{name}.json", result)

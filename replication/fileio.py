@@ -108,3 +108,54 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- tables and arrays: what experiments write and figures and claims read ----------------------
+
+MISSING = ("error", "empty")  # a missing input file: a DataError naming the stage, or nothing
+
+
+def _missing(path: Path, missing: str, empty: Any) -> Any:
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if missing == "empty":
+        return empty
+    from replication.errors import DataError
+
+    raise DataError(f"{path} is missing: run `dvc repro` to produce it")
+
+
+def write_table(frame: Any, path: str | os.PathLike, float_format: str = "%.6g") -> None:
+    """A tidy table as CSV (six significant digits, LF line ends), written atomically."""
+    import io
+
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format=float_format, lineterminator="\n")
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_table(path: str | os.PathLike, missing: str = "error") -> Any:
+    """A table written by ``write_table``; ``missing="empty"`` gives an empty frame."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        return _missing(path, missing, pd.DataFrame())
+    return pd.read_csv(path)
+
+
+def read_arrays(path: str | os.PathLike, missing: str = "error") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` written by ``write_npz``; ``missing="empty"`` gives {}."""
+    path = Path(path)
+    if not path.is_file():
+        return _missing(path, missing, {})
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def concat_tables(frames: list[Any]) -> Any:
+    """The non-empty frames stacked (an empty frame when there are none)."""
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import logging
 from collections import Counter
 from pathlib import Path
 
 from replication.claims import (NOT_REPRODUCED, NOT_RUN, PAPERS, REPRODUCED, Verdict, evaluate,
                                 format_value, load_claims)
 from replication.fileio import atomic_write_text, write_json
+
+log = logging.getLogger("replication")
 
 MARK = {REPRODUCED: "reproduced", NOT_REPRODUCED: "**not reproduced**", NOT_RUN: "not run"}
 
@@ -63,15 +66,23 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
     return "\n".join(lines) + "\n"
 
 
-def write_report(claims_dir: str | os.PathLike, out_dir: str | os.PathLike, profile: str,
+def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
+                 json_path: str | os.PathLike, profile: str,
                  root: str | os.PathLike = ".") -> list[Verdict]:
-    root, out_dir = Path(root), Path(out_dir)
+    root, markdown = Path(root), Path(markdown)
     verdicts = [evaluate(c, root) for c in load_claims(claims_dir)]
-    atomic_write_text(out_dir / "replication.md",
-                      render_markdown(verdicts, profile, out_dir.resolve(), root.resolve()))
-    write_json(out_dir / "claims.json", [
+    atomic_write_text(markdown, render_markdown(verdicts, profile, markdown.parent.resolve(),
+                                                root.resolve()))
+    write_json(json_path, [
         {"id": v.claim.id, "paper": v.claim.paper, "status": v.status,
          "paper_value": v.claim.paper_value, "our_value": v.our_value}
         for v in verdicts
     ])
     return verdicts
+
+
+def run_stage(ctx) -> None:
+    """The `report` stage: every claim's verdict, as Markdown and JSON."""
+    verdicts = write_report(ctx.input("claims"), ctx.output("markdown"), ctx.output("json"),
+                            ctx.settings("profile"))
+    log.info("report: %d claims -> %s", len(verdicts), ctx.output("markdown"))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -18,52 +18,17 @@ from replication.data.mnist import train_validation_split
 from replication.data.tensors import mnist_tensors, permuted_labels, tensor_dataset
 from replication.errors import ConfigError
 from replication.fileio import atomic_open, write_json
+from replication.devices import lightning_devices, resolve_device
 from replication.models import create_model
+from replication.schema import TrainRun
+
+log = logging.getLogger("replication")
 
 ARCHS = {"cnn": "mnist_cnn", "mlp": "mnist_mlp"}
 LABELS = ("true", "random")
 # The authors' --reg penalty covers these weights only (CNN); their MLP had none.
 PENALISED = {"mnist_cnn": ("conv1", "conv2", "fc1"), "mnist_mlp": ()}
-# Learning rate per optimizer step: the authors' constant lr, cosine decay to 0, or one cycle
-# (rise from lr/25 to lr over the first `warmup` fraction of steps, then cosine decay to ~0).
-SCHEDULES = ("constant", "cosine", "onecycle")
 EVAL_BATCH = 500
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int
-    batch_size: int
-    lr: float
-    subset: int | None = None  # train on the first N of the 55,000 (after any permutation)
-    schedule: str = "constant"
-    warmup: float = 0.3  # onecycle only: fraction of the steps spent rising to lr
-
-    def __post_init__(self) -> None:
-        where = "params.yaml train.*_labels"
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{where}.{name} is {value!r}; it must be a positive integer")
-        if not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"{where}.lr is {self.lr!r}; it must be a positive number")
-        if self.subset is not None and (not isinstance(self.subset, int) or self.subset < 1):
-            raise ConfigError(f"{where}.subset is {self.subset!r}; use null (all 55,000 "
-                              "training images) or a positive integer")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"{where}.schedule is {self.schedule!r}; choose one of "
-                              f"{list(SCHEDULES)}")
-        if not 0 < self.warmup < 1:
-            raise ConfigError(f"{where}.warmup is {self.warmup!r}; it must lie strictly "
-                              "between 0 and 1 (a fraction of the steps)")
-
-    @classmethod
-    def from_params(cls, section: dict) -> "TrainConfig":
-        try:
-            return cls(**section)
-        except TypeError as err:
-            raise ConfigError(f"params.yaml train.*_labels: {err}; expected keys "
-                              f"{list(cls.__annotations__)}") from None
 
 
 class MnistDataModule(L.LightningDataModule):
@@ -167,10 +132,9 @@ def accuracy(model: nn.Module, dataset, batch_size: int = EVAL_BATCH,
 
 
 def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.PathLike,
-                      config: TrainConfig, *, seed: int, init: str, l2_penalty: float,
-                      validation_size: int = 5000, accelerator: str = "auto",
-                      devices: str | int = "auto", progress_bar: bool = True
-                      ) -> tuple[nn.Module, dict]:
+                      config: TrainRun, *, seed: int, init: str, l2_penalty: float,
+                      validation_size: int = 5000, device: str = "auto",
+                      progress_bar: bool = True) -> tuple[nn.Module, dict]:
     """Train one model of the data-randomization matrix; return it and its metrics.
 
     Each split is evaluated once, after training: train_acc on the images trained on (the
@@ -184,8 +148,8 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
     module = Classifier(card.model, config.lr, l2_penalty, PENALISED[card.name],
                         config.schedule, config.warmup)
     # No validation loop during fit: val_acc is measured once, below, with the final weights.
-    trainer = L.Trainer(max_epochs=config.epochs, deterministic=True, accelerator=accelerator,
-                        devices=devices, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=config.epochs, deterministic=True,
+                        **lightning_devices(resolve_device(device)), logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress_bar, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
     start = time.perf_counter()
@@ -201,7 +165,7 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
         "dataset": dataset, "arch": arch, "model": card.name, "labels": labels, **accuracies,
         "n_train": len(data.train_set), "epochs": config.epochs, "seconds": round(seconds, 1),
         "eval_seconds": round(time.perf_counter() - start, 1), "seed": seed, "init": init,
-        "l2_penalty": l2_penalty if PENALISED[card.name] else 0.0, "config": asdict(config),
+        "l2_penalty": l2_penalty if PENALISED[card.name] else 0.0, "config": config.as_params(),
     }
     return model, metrics
 
@@ -222,15 +186,17 @@ def load_checkpoint(path: str | os.PathLike, arch: str) -> nn.Module:
     return card.model.eval()
 
 
-def run_training_stage(dataset: str, arch: str, labels: str, params: dict, data_dir: Path,
-                       checkpoint: Path, metrics_path: Path) -> dict:
-    """The DVC `train` stage: train one model, write its checkpoint and metrics."""
-    section = params["train"]
-    config = TrainConfig.from_params(section[f"{labels}_labels"])
+def run_training_stage(ctx) -> dict:
+    """The DVC `train` stage: train one model of the matrix, write its checkpoint and metrics."""
+    dataset, arch, labels = ctx.item["dataset"], ctx.item["arch"], ctx.item["labels"]
+    section = ctx.settings("train")
+    config = getattr(section, f"{labels}_labels")
     model, metrics = train_mnist_model(
-        dataset, arch, labels, data_dir, config, seed=params["seed"], init=section["init"],
-        l2_penalty=section["l2_penalty"], validation_size=params["data"]["validation_size"],
-        accelerator=section["accelerator"], devices=section["devices"])
-    save_checkpoint(checkpoint, model, metrics)
-    write_json(metrics_path, metrics)
+        dataset, arch, labels, ctx.input("data"), config, seed=ctx.settings("seed"),
+        init=section.init, l2_penalty=section.l2_penalty,
+        validation_size=ctx.settings("data.validation_size"), device=ctx.settings("device"))
+    save_checkpoint(ctx.output("checkpoint"), model, metrics)
+    write_json(ctx.output("metrics"), metrics)
+    log.info("%s-%s-%s: train %.4f, test %.4f in %.0f s", dataset, arch, labels,
+             metrics["train_acc"], metrics["test_acc"], metrics["seconds"])
     return metrics

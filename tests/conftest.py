@@ -49,3 +49,27 @@ def no_network(monkeypatch):
 def leftovers(folder: Path) -> list[str]:
     """Temporary files or folders a failed atomic write might have left behind."""
     return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name)
+
+
+def stage_settings(stage: str, profile: str = "smoke", **overrides) -> dict:
+    """What ``stage`` reads under ``profile`` of the repository's params.yaml, with
+    ``overrides`` (a nested mapping, e.g. ``sanity_checks={"mnist": {"images": 2}}``) merged
+    over the effective settings and checked again: tests shrink the real configuration, never
+    a hand-written copy of it."""
+    from replication.config import _schema, deep_merge, load_params
+    from replication.pipeline import extract, get_stage
+
+    params = deep_merge(load_params(ROOT / "params.yaml", profile), overrides)
+    params = _schema().from_params(params, "").as_params()
+    return extract(params, get_stage(stage).reads)
+
+
+def stage_context(stage: str, *, inputs: dict | None = None, outputs: dict | None = None,
+                  item: dict | None = None, profile: str = "smoke", **overrides):
+    """A ``StageContext`` for calling a stage function directly in a test."""
+    from replication.pipeline import StageContext, get_stage
+
+    declared = get_stage(stage)
+    return StageContext(declared, stage_settings(stage, profile, **overrides),
+                        {k: Path(v) for k, v in (inputs or {}).items()},
+                        {k: Path(v) for k, v in (outputs or {}).items()}, item)

@@ -642,20 +642,35 @@ def test_guided_backprop_refuses_models_whose_relus_it_cannot_see():
         attribute("guided_backprop", inplace, torch.randn(1, 3, 2, 2), 0)
 
 
-def test_dataset_loop_runs_under_lightning_with_gradients(cnn, digits):
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from replication.attribution import attribute_dataset
+def test_explainer_batches_equal_one_call_and_keep_gradients_enabled(cnn, digits):
+    from replication.attribution import Explainer
 
     images, labels = digits
     method = create_method("gradient", cnn)
-    result = attribute_dataset(method, DataLoader(TensorDataset(images, labels), batch_size=3),
-                               targets="label", accelerator="cpu", devices=1)
-    _close(result["maps"], method.attribute(images, labels))
-    assert torch.equal(result["labels"], labels)
-    predicted = attribute_dataset(method, DataLoader(TensorDataset(images, labels), batch_size=4),
-                                  accelerator="cpu", devices=1)["targets"]
-    assert torch.equal(predicted, cnn.model(images).argmax(1))
+    explainer = Explainer("cpu", batch_size=3)
+    maps = explainer(cnn, method, None, images, labels)
+    _close(maps, method.attribute(images, labels))
+    assert maps.device.type == "cpu" and not maps.requires_grad
+    by_name = explainer(cnn, "gradient", {}, images, labels)
+    assert torch.equal(by_name, maps)  # the same computation, batch by batch
+
+
+def test_explainer_places_the_model_once_and_it_stays(cnn, digits, monkeypatch):
+    from replication.attribution import Explainer
+
+    images, labels = digits
+    moves = []
+    original = type(cnn.model).to
+
+    def recording_to(module, *args, **kwargs):
+        moves.append(args)
+        return original(module, *args, **kwargs)
+
+    monkeypatch.setattr(type(cnn.model), "to", recording_to)
+    explainer = Explainer("cpu", batch_size=4)
+    for _ in range(3):
+        explainer(cnn, "gradient", {}, images, labels)
+    assert moves == []  # already on the device: no move, and nothing moves it back
 
 
 def test_passes_count_what_each_method_needs(cnn):

@@ -105,7 +105,8 @@ def test_report_puts_paper_and_measured_values_side_by_side(tmp_path):
     text = (tmp_path / "claims" / "sanity_checks.yaml").read_text()
     text = text.replace("    where: Fig. 6\n", "    where: Fig. 6\n    figure_file: figures/fig6.png\n")
     (tmp_path / "claims" / "sanity_checks.yaml").write_text(text)
-    write_report(tmp_path / "claims", tmp_path / "reports", "smoke", root=tmp_path)
+    write_report(tmp_path / "claims", tmp_path / "reports" / "replication.md",
+                 tmp_path / "reports" / "claims.json", "smoke", root=tmp_path)
     markdown = (tmp_path / "reports" / "replication.md").read_text()
     assert "profile **smoke**" in markdown
     assert "5 claims: 2 reproduced, 1 not reproduced, 2 not run" in markdown

@@ -11,8 +11,8 @@ upsampling) is explicit, in ``replication.attribution.postprocess``.
 
 from replication.attribution import postprocess
 from replication.attribution._base import (Attribution, Passes, attribute, available_methods,
-                                           create_method, method_class, method_parameters,
-                                           register_method)
+                                           create_method, method_class, method_label,
+                                           method_parameters, register_method)
 from replication.attribution._cam import (CAM, AblationCAM, GradCAM, GradCAMPlusPlus,
                                           GuidedGradCAM, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
 from replication.attribution._gradient import (Gradient, GuidedBackprop, InputXGradient,
@@ -24,15 +24,15 @@ from replication.attribution._sampled_cam import (ExpectedGradCAM, IntegratedGra
 from replication.attribution._smoothing import (IntegratedGradientsSmoothGrad, SmoothGrad,
                                                 SmoothGradSquared, VarGrad)
 from replication.attribution.channel_statistics import ChannelStatistics, LayerStatistics
-from replication.attribution.dataset import AttributionModule, attribute_dataset
+from replication.attribution.dataset import Explainer, model_device
 
 __all__ = [
-    "CAM", "LRP", "AblationCAM", "Attribution", "AttributionModule", "ChannelStatistics",
+    "CAM", "LRP", "AblationCAM", "Attribution", "ChannelStatistics", "Explainer",
     "ExpectedGradCAM", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradCAM", "IntegratedGradients",
     "IntegratedGradientsSmoothGrad", "LayerCAM", "LayerStatistics", "ParchGrad", "Passes",
     "ScoreCAM", "SmoothGrad", "SmoothGradCAMPlusPlus", "SmoothGradSquared", "VarGrad",
-    "XGradCAM", "attribute", "attribute_dataset", "available_methods", "create_method",
-    "guided_relus", "method_class", "method_parameters", "partition_gradient", "postprocess",
+    "XGradCAM", "attribute", "available_methods", "create_method", "model_device",
+    "guided_relus", "method_class", "method_label", "method_parameters", "partition_gradient", "postprocess",
     "register_method", "select_channels",
 ]

@@ -50,11 +50,12 @@ class Passes:
 class Attribution(ABC):
     """A saliency method configured with its hyper-parameters.
 
-    Subclasses set ``name`` (the registry key), take the model first and their hyper-parameters
+    Subclasses set ``name`` (the registry key) and ``label`` (its display name), take the model first and their hyper-parameters
     as keyword-only constructor arguments, and implement ``_attribute``.
     """
 
     name: ClassVar[str]
+    label: ClassVar[str]  # how figures and tables name the method
 
     def __init__(self, model: ModelLike):
         if isinstance(model, ModelCard):
@@ -111,6 +112,11 @@ def method_class(name: str) -> type[Attribution]:
     if name not in _METHODS:
         raise ConfigError(f"unknown attribution method {name!r}; choose one of {available_methods()}")
     return _METHODS[name]
+
+
+def method_label(name: str) -> str:
+    """The display label of method ``name`` (figures, tables, the report)."""
+    return method_class(name).label
 
 
 def method_parameters(name: str) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class GradCAM(CAM):
     """W_k = mean_ij ∂y_c/∂A_k,ij (Selvaraju et al. 2017)."""
 
     name = "gradcam"
+    label = "Grad-CAM"
 
     def weights(self, activations, gradients, inputs, targets):
         return gradients.mean((2, 3), keepdim=True)
@@ -85,6 +86,7 @@ class GradCAMPlusPlus(CAM):
     """Grad-CAM++ (Chattopadhyay et al. 2018), eq. 19."""
 
     name = "gradcam_pp"
+    label = "Grad-CAM++"
 
     def weights(self, activations, gradients, inputs, targets):
         g2 = gradients * gradients
@@ -96,6 +98,7 @@ class XGradCAM(CAM):
     """W_k = Σ_ij (A_k,ij / Σ_ab A_k,ab) · ∂y_c/∂A_k,ij (Fu et al. 2020)."""
 
     name = "xgradcam"
+    label = "XGrad-CAM"
 
     def weights(self, activations, gradients, inputs, targets):
         normaliser = activations.sum((2, 3), keepdim=True) + EPS_XGRAD
@@ -107,6 +110,7 @@ class LayerCAM(CAM):
     """Element-wise W = ReLU(∂y_c/∂A) (Jiang et al. 2021)."""
 
     name = "layercam"
+    label = "LayerCAM"
 
     def weights(self, activations, gradients, inputs, targets):
         return F.relu(gradients)
@@ -117,6 +121,7 @@ class HiResCAM(CAM):
     """Element-wise W = ∂y_c/∂A (Draelos & Carin 2020)."""
 
     name = "hirescam"
+    label = "HiResCAM"
 
     def weights(self, activations, gradients, inputs, targets):
         return gradients
@@ -170,6 +175,7 @@ class ScoreCAM(_PerturbationCAM):
     """
 
     name = "scorecam"
+    label = "Score-CAM"
 
     def weights(self, activations, gradients, inputs, targets):
         masks = F.interpolate(activations, size=inputs.shape[-2:], mode="bilinear",
@@ -190,6 +196,7 @@ class AblationCAM(_PerturbationCAM):
     non-negative layers used here pytorch-grad-cam ablates the same way)."""
 
     name = "ablationcam"
+    label = "Ablation-CAM"
 
     def weights(self, activations, gradients, inputs, targets):
         with torch.no_grad():
@@ -213,6 +220,7 @@ class GuidedGradCAM(Attribution):
     """Guided Backprop ⊙ Grad-CAM bilinearly upsampled to the input (Selvaraju et al. 2017)."""
 
     name = "guided_gradcam"
+    label = "Guided Grad-CAM"
 
     def __init__(self, model: ModelLike, *, layer: str | nn.Module | None = None,
                  internal_batch_size: int = DEFAULT_INTERNAL_BATCH):

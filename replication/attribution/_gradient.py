@@ -26,6 +26,7 @@ class Gradient(Attribution):
     """∂ logit_c / ∂x (Simonyan et al. 2014), signed: no absolute value (unlike Captum's default)."""
 
     name = "gradient"
+    label = "Gradient"
 
     def __init__(self, model: ModelLike, *, internal_batch_size: int = DEFAULT_INTERNAL_BATCH):
         super().__init__(model)
@@ -40,6 +41,7 @@ class InputXGradient(Gradient):
     """x ⊙ ∂ logit_c / ∂x, with x in model-input space (as the authors' code)."""
 
     name = "input_x_gradient"
+    label = "Gradient⊙Input"
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         return inputs * super()._attribute(inputs, targets)
@@ -61,6 +63,7 @@ class IntegratedGradients(Attribution):
     """
 
     name = "integrated_gradients"
+    label = "Integrated Gradients"
     INTEGRATIONS = ("authors_riemann", "trapezoid", "gausslegendre", "riemann_trapezoid",
                     "riemann_left", "riemann_right", "riemann_middle")
 
@@ -138,6 +141,7 @@ class GuidedBackprop(Gradient):
     """Guided Backpropagation (Springenberg et al. 2015) on ReLU and ReLU6 modules."""
 
     name = "guided_backprop"
+    label = "Guided Backprop"
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         with guided_relus(self.model, self.name):

@@ -34,6 +34,7 @@ class LRP(Attribution):
     """LRP with a named Zennit composite (``epsilon_plus`` by default)."""
 
     name = "lrp"
+    label = "LRP"
 
     def __init__(self, model: ModelLike, *, composite: str = "epsilon_plus",
                  internal_batch_size: int = DEFAULT_INTERNAL_BATCH):

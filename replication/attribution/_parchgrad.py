@@ -103,6 +103,7 @@ class ParchGrad(Attribution):
     """
 
     name = "parchgrad"
+    label = "ParchGrad"
 
     def __init__(self, model: ModelLike, *, statistics: ChannelStatistics | str | os.PathLike,
                  base: str = "gradient", base_params: dict | None = None,

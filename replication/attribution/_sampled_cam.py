@@ -45,6 +45,7 @@ class SmoothGradCAMPlusPlus(_SampledCAM):
     """
 
     name = "smooth_gradcam_pp"
+    label = "Smooth Grad-CAM++"
 
     def __init__(self, model: ModelLike, *, layer: str | nn.Module | None = None, n_samples: int = 4,
                  noise_std: float = 0.3, seed: int = 0, relu: bool = True,
@@ -84,6 +85,7 @@ class IntegratedGradCAM(_SampledCAM):
     """
 
     name = "integrated_gradcam"
+    label = "Integrated Grad-CAM"
     FORMS = ("authors_code", "path_weights")
 
     def __init__(self, model: ModelLike, *, layer: str | nn.Module | None = None, steps: int = 50,
@@ -138,6 +140,7 @@ class ExpectedGradCAM(_SampledCAM):
     """
 
     name = "expected_gradcam"
+    label = "Expected Grad-CAM"
     VARIANTS = ("eg_weights", "layer_eg")
 
     def __init__(self, model: ModelLike, *, layer: str | nn.Module | None = None,

@@ -28,6 +28,7 @@ class SmoothGrad(Attribution):
     ``absolute=True`` averages |base(x + ε)| instead (the ParchGrad authors' SmoothGrad)."""
 
     name = "smoothgrad"
+    label = "SmoothGrad"
     statistic = "mean"
 
     def __init__(self, model: ModelLike, *, base: str = "gradient", base_params: dict | None = None,
@@ -72,6 +73,7 @@ class SmoothGradSquared(SmoothGrad):
     """E_ε[base(x + ε)²] (SmoothGrad², Hooker et al. 2019; PAIR's ``magnitude=True``)."""
 
     name = "smoothgrad_sq"
+    label = "SmoothGrad²"
     statistic = "second_moment"
 
 
@@ -80,6 +82,7 @@ class VarGrad(SmoothGrad):
     """Var_ε[base(x + ε)] (Adebayo et al. 2018, App. A.7), the population variance."""
 
     name = "vargrad"
+    label = "VarGrad"
     statistic = "variance"
 
 
@@ -88,6 +91,7 @@ class IntegratedGradientsSmoothGrad(SmoothGrad):
     """SmoothGrad over Integrated Gradients: noise added to x, then IG from the baseline."""
 
     name = "ig_smoothgrad"
+    label = "IG-SmoothGrad"
 
     def __init__(self, model: ModelLike, *, n_samples: int = 50, noise_level: float = 0.15,
                  steps: int = 50, baseline: str | float | Tensor = "zeros", seed: int = 0,

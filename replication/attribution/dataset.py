@@ -1,55 +1,74 @@
-"""Attribution over a dataset as a Lightning predict loop.
+"""Attribution over a set of images: the one batch loop every experiment uses.
 
-Lightning's ``predict`` runs under ``torch.inference_mode`` by default, where no gradient can be
-taken; the Trainer here is built with ``inference_mode=False`` (the engine enables gradients
-itself). Scaling to several devices is the Trainer's business (``accelerator``, ``devices``,
-``strategy``), as for training.
+A plain loop on one device, not a Lightning predict loop: Lightning's predict runs under
+``inference_mode`` unless told otherwise, moves the module back to the CPU after every call
+(so every later forward of a metric ran on the CPU) and its signal connector kept computing
+after SIGTERM. Here the model is moved to the device once and stays there; the batches go to
+it and the maps come back to the CPU.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from replication.attribution._base import Attribution, choice
-
-TARGETS = ("label", "predicted")
-
-
-class AttributionModule(L.LightningModule):
-    """Wraps a configured method; each predict step returns maps, targets and labels on the CPU."""
-
-    def __init__(self, method: Attribution, targets: str = "predicted"):
-        super().__init__()
-        self.method = method
-        self.model = method.model  # a submodule, so the Trainer moves it to the device
-        self.targets = choice("attribute_dataset", "targets", targets, TARGETS)
-
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        inputs, labels = batch[0], batch[1]
-        if self.targets == "predicted":
-            with torch.no_grad():
-                targets = self.model(inputs).argmax(1)
-        else:
-            targets = labels
-        maps = self.method.attribute(inputs, targets)
-        return {"maps": maps.cpu(), "targets": targets.cpu(), "labels": labels.cpu()}
+from replication.attribution import postprocess
+from replication.attribution._base import Attribution, ModelLike, create_method
+from replication.models.base import ModelCard
 
 
-def attribute_dataset(method: Attribution, loader: DataLoader, *, targets: str = "predicted",
-                      accelerator: str = "auto", devices: int | str = "auto",
-                      progress_bar: bool = False) -> dict[str, Tensor]:
-    """Maps of every image of ``loader`` (yielding ``(inputs, labels)``), in loader order.
+def model_device(model: torch.nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
 
-    ``targets="predicted"`` explains the model's top class (the Sanity Checks protocol);
-    ``"label"`` explains the given label. Returns ``maps``, ``targets`` and ``labels``.
-    """
-    trainer = L.Trainer(accelerator=accelerator, devices=devices, inference_mode=False,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=progress_bar)
-    outputs = trainer.predict(AttributionModule(method, targets), dataloaders=loader)
-    return {key: torch.cat([o[key] for o in outputs]) for key in ("maps", "targets", "labels")}
+
+class Explainer:
+    """Maps of many images, ``batch_size`` at a time, on ``device`` (the model is moved there
+    on first use and stays). ``progress`` names a tqdm bar on stderr for long loops."""
+
+    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 16,
+                 progress: str | None = None):
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def place(self, card: ModelLike) -> None:
+        """Move ``card``'s model to the device (once; a no-op when it is there)."""
+        model = card.model if isinstance(card, ModelCard) else card
+        if model_device(model) != self.device:
+            model.to(self.device)
+
+    def _batches(self, total: int, description: str | None) -> Iterator[slice]:
+        starts = range(0, total, self.batch_size)
+        if description:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=description, unit="batch", leave=False)
+        for start in starts:
+            yield slice(start, min(start + self.batch_size, total))
+
+    @torch.no_grad()
+    def raw(self, attribution: Attribution, images: Tensor, targets: Tensor) -> Tensor:
+        """Raw maps (layer resolution for CAMs) of ``images`` for ``targets``, on the CPU."""
+        self.place(attribution.model)
+        maps = [attribution.attribute(images[rows].to(self.device), targets[rows].to(self.device))
+                .cpu() for rows in self._batches(len(images), self.progress)]
+        if not maps:
+            raise ValueError("no images to explain")
+        return torch.cat(maps)
+
+    def __call__(self, card: ModelLike, method: str | Attribution,
+                 params: Mapping[str, Any] | None, images: Tensor, targets: Tensor, *,
+                 input_resolution: bool = True) -> Tensor:
+        """Raw maps of ``method`` (a name configured with ``params``, or a configured method) for
+        ``targets``; layer-resolution maps upsampled (bilinear) to the input size when
+        ``input_resolution``."""
+        attribution = (method if isinstance(method, Attribution)
+                       else create_method(method, card, **dict(params or {})))
+        maps = self.raw(attribution, images, targets)
+        if input_resolution and maps.shape[-2:] != images.shape[-2:]:
+            maps = postprocess.upsample(maps, tuple(images.shape[-2:]))
+        return maps

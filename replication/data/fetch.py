@@ -22,19 +22,20 @@ from typing import BinaryIO
 
 from replication.errors import ChecksumMismatch, DataError, DataUnavailable
 from replication.fileio import CHUNK, atomic_write_bytes, sha256_bytes, sha256_file
+from replication.settings import NonNegative, Positive, PositiveInt, Settings, settings
 
 log = logging.getLogger(__name__)
 
 MIRROR_ENV = "REPLICATION_MIRROR"
 
 
-@dataclass(frozen=True)
-class Network:
+@settings
+class Network(Settings):
     """How hard to try upstream before giving up (``data.network`` in params.yaml)."""
 
-    attempts: int = 4
-    backoff_seconds: float = 2.0
-    timeout_seconds: float = 60.0
+    attempts: PositiveInt = 4
+    backoff_seconds: NonNegative = 2.0
+    timeout_seconds: Positive = 60.0
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,20 @@ def evaluation_folder(source: str, sample_dir: str | os.PathLike,
             "falling back to the 1000-image ImageNet sample")
     log.warning(note)
     return Path(sample_dir), note
+
+
+def run_sample_stage(ctx) -> None:
+    """The `imagenet_sample` stage: the 1000-image sample, verified image by image."""
+    from replication.data.fetch import mirror_root
+
+    source = prepare_sample(ctx.output("out"), mirror=mirror_root(),
+                            network=ctx.settings("data.network"))
+    log.info("imagenet sample <- %s", source)
+    write_json(ctx.output("metrics"), summarize(ctx.output("out")))
+
+
+def run_ilsvrc2012_stage(ctx) -> None:
+    """The `ilsvrc2012_val` stage: the user's archives unpacked, or a manifest saying none."""
+    manifest = prepare_ilsvrc2012_val(ctx.input("archives"), ctx.output("out"))
+    if not manifest["available"]:
+        log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 from replication.data.fetch import Network, RawFile, fetch_file
 from replication.data.idx import read_idx
 from replication.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,3 +125,17 @@ def summarize(name: str, folder: str | os.PathLike, n_validation: int) -> dict:
     summary["split"] = {"train": train.stop - train.start,
                         "validation": validation.stop - validation.start}
     return summary
+
+
+def run_stage(ctx) -> None:
+    """The `idx_data` stage: prepare one dataset (mirror or upstream) and summarise it."""
+    from replication.data.fetch import mirror_root
+    from replication.fileio import write_json
+
+    name = ctx.item["dataset"]
+    sources = prepare(name, ctx.output("out"), mirror=mirror_root(),
+                      network=ctx.settings("data.network"))
+    for file, source in sources.items():
+        log.info("%s/%s <- %s", name, file, source)
+    write_json(ctx.output("metrics"),
+               summarize(name, ctx.output("out"), ctx.settings("data.validation_size")))

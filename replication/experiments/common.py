@@ -1,28 +1,24 @@
-"""What every paper's experiments share: image sets, trained models, explaining a set of images
-through the engine's Lightning loop, and atomic tables.
+"""What every paper's experiments share: image sets, trained models, the stage's device and
+the engine's batch loop on it.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
 
-from replication.attribution import create_method, postprocess
-from replication.attribution.dataset import AttributionModule
+from replication.attribution import Explainer, model_device
 from replication.data import imagenet
 from replication.data.tensors import ImageNetImages, mnist_tensors
+from replication.devices import resolve_device
 from replication.errors import DataError
-from replication.fileio import atomic_write_text
+from replication.fileio import read_table, write_table
 from replication.models import ModelCard, create_model
 
 
@@ -96,42 +92,25 @@ def trained_mnist_model(checkpoint: str | os.PathLike, arch: str) -> ModelCard:
 
 @torch.no_grad()
 def predicted_classes(model: torch.nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
+    """The model's top class of each image (on the CPU), batches run where the model is."""
     model.eval()
-    return torch.cat([model(images[i:i + batch_size]).argmax(1)
+    device = model_device(model)
+    return torch.cat([model(images[i:i + batch_size].to(device)).argmax(1).cpu()
                       for i in range(0, len(images), batch_size)])
 
 
-class Explainer:
-    """Maps of a set of images through the engine's Lightning predict loop, one Trainer reused
-    for every call (``inference_mode=False``; ``accelerator``/``devices`` scale it)."""
-
-    def __init__(self, accelerator: str = "cpu", devices: int | str = 1, batch_size: int = 16):
-        self.batch_size = batch_size
-        self.trainer = L.Trainer(accelerator=accelerator, devices=devices, inference_mode=False,
-                                 logger=False, enable_checkpointing=False,
-                                 enable_model_summary=False, enable_progress_bar=False)
-
-    def __call__(self, card: ModelCard, method: str, params: dict, images: Tensor,
-                 targets: Tensor, *, input_resolution: bool = True) -> Tensor:
-        """Raw maps of ``method`` for ``targets``, upsampled (bilinear) to the input size when
-        the method returns layer-resolution maps (CAMs) and ``input_resolution``."""
-        attribution = create_method(method, card, **params)
-        loader = DataLoader(TensorDataset(images, targets), batch_size=self.batch_size)
-        outputs = self.trainer.predict(AttributionModule(attribution, targets="label"), loader)
-        maps = torch.cat([o["maps"] for o in outputs])
-        if input_resolution and maps.shape[-2:] != images.shape[-2:]:
-            maps = postprocess.upsample(maps, tuple(images.shape[-2:]))
-        return maps
+def stage_device(ctx) -> torch.device:
+    """The stage's device (``device`` in params.yaml), resolved once per stage."""
+    if "device" not in ctx.cache:
+        ctx.cache["device"] = resolve_device(ctx.settings("device"))
+    return ctx.cache["device"]
 
 
-def write_csv(frame: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.6g") -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format=float_format, lineterminator="\n")
-    atomic_write_text(path, buffer.getvalue())
+def stage_explainer(ctx, batch_size: int, progress: str | None = None) -> Explainer:
+    """The engine's batch loop on the stage's device."""
+    return Explainer(stage_device(ctx), batch_size=batch_size, progress=progress)
 
 
-def read_csv(path: str | os.PathLike) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro` to produce it")
-    return pd.read_csv(path)
+# TEMPORARY aliases while the paper packages move to fileio's table I/O.
+write_csv = write_table
+read_csv = read_table

@@ -8,6 +8,7 @@ and counted, never silently propagated: ``n`` / ``n_pairs`` say how many values 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,3 +117,45 @@ def paired_comparison(a: object, b: object, *, n_resamples: int = DEFAULT_RESAMP
         p_value = float(stats.wilcoxon(diff, alternative=alternative).pvalue)
     return PairedComparison(mean_difference=mean, ci_low=low, ci_high=high, p_value=p_value,
                             n_pairs=int(keep.sum()), n_dropped=int((~keep).sum()), confidence=confidence)
+
+
+def compare_to_reference(scores, reference: str, higher_is_better: Mapping[str, bool], *,
+                         by: Sequence[str] = ("model", "metric"), method: str = "method",
+                         unit: str = "image", value: str = "value",
+                         n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
+                         seed: int = 0):
+    """Every method against ``reference`` on the units both were scored on, per group ``by``.
+
+    ``scores`` is a long table (one row per group × method × unit); ``higher_is_better`` maps
+    each metric (the ``metric`` column) to its direction (the metric registry's metadata). One
+    row per group and method other than the reference: the paired comparison of
+    :func:`paired_comparison` (difference = method − reference), both means, and
+    ``improvement``: the difference signed so that > 0 is better. Groups without the
+    reference are skipped.
+    """
+    import pandas as pd
+
+    rows = []
+    for keys, group in scores.groupby(list(by), sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        wide = group.pivot(index=unit, columns=method, values=value)
+        if reference not in wide:
+            continue
+        higher = bool(higher_is_better[group["metric"].iloc[0]])
+        for name in dict.fromkeys(group[method]):
+            if name == reference:
+                continue
+            pairs = wide[[name, reference]].dropna()
+            result = paired_comparison(pairs[name].to_numpy(), pairs[reference].to_numpy(),
+                                       n_resamples=n_resamples, confidence=confidence, seed=seed)
+            difference = result.mean_difference
+            rows.append({**dict(zip(by, keys)), "method": name, "reference": reference,
+                         "n_pairs": result.n_pairs, "mean": float(pairs[name].mean()),
+                         "reference_mean": float(pairs[reference].mean()),
+                         "difference": difference, "ci_low": result.ci_low,
+                         "ci_high": result.ci_high, "p_value": result.p_value,
+                         "higher_is_better": higher,
+                         "improvement": difference if higher else -difference})
+    columns = [*by, "method", "reference", "n_pairs", "mean", "reference_mean", "difference",
+               "ci_low", "ci_high", "p_value", "higher_is_better", "improvement"]
+    return pd.DataFrame(rows, columns=columns)

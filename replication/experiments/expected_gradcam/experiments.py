@@ -30,7 +30,6 @@ from replication.attribution import (Attribution, ExpectedGradCAM, GradCAM, crea
                                      method_parameters, postprocess)
 from replication.attribution._base import accumulate_samples, image_generators, resolve_layer
 from replication.attribution._cam import gradcam_pp_weights
-from replication.attribution.dataset import AttributionModule
 from replication.config import deep_merge
 from replication.errors import ConfigError
 from replication.experiments.common import Explainer, ImageSet, predicted_classes
@@ -192,9 +191,7 @@ def coarse_maps(explainer: Explainer, attribution: Attribution, images: Tensor,
                 targets: Tensor) -> Tensor:
     """Raw maps (layer resolution for CAMs) of ``images`` for ``targets`` through the
     Explainer's Lightning predict loop (as ``Explainer.__call__``, for a configured method)."""
-    loader = DataLoader(TensorDataset(images, targets), batch_size=explainer.batch_size)
-    outputs = explainer.trainer.predict(AttributionModule(attribution, targets="label"), loader)
-    return torch.cat([o["maps"] for o in outputs])
+    return explainer.raw(attribution, images, targets)
 
 
 def _upsample(maps: Tensor, images: Tensor) -> Tensor:

@@ -296,3 +296,6 @@ def run_claims(params: dict, *, results: Path, out: Path) -> dict:
 __all__ = ["DataPaths", "OUTPUTS", "load_model_data", "run_baselines", "run_claims",
            "run_comparison", "run_figures", "run_saturation", "run_smoothing",
            "run_special_cases"]
+
+
+STAGES: list = []  # TEMPORARY during the migration

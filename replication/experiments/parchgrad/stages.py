@@ -488,3 +488,6 @@ STAGES = {"statistics": run_statistics, "toys": run_toys, "vc": run_vc, "q-sweep
           "faithfulness": run_faithfulness, "costs": run_costs,
           "statistics-checks": run_statistics_checks, "bbox": run_bbox, "summary": run_summary,
           "figures": run_figures}
+
+
+STAGES: list = []  # TEMPORARY during the migration

@@ -289,3 +289,6 @@ def linear_identities(images: torch.Tensor, seed: int) -> pd.DataFrame:
                           "max_abs_difference": float((maps - reference).abs().max()),
                           "scale": float(reference.abs().max())}
                          for (method, expected), (maps, reference) in checks.items()])
+
+
+STAGES: list = []  # TEMPORARY during the migration

@@ -1,0 +1,8 @@
+"""The schema of params.yaml's `sanity_checks` section (see replication.settings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# TEMPORARY: an unchecked mapping until the section's classes are written.
+SanityChecks = dict[str, Any]

@@ -1,0 +1,81 @@
+"""The schema of params.yaml: ``Params`` and the sections that are not a paper's.
+
+Each paper's section class lives with its code (``replication.experiments.<paper>.settings``);
+this module only assembles them. It imports no heavy library, so checking the file is quick.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from replication.data.fetch import Network
+from replication.errors import ConfigError
+from replication.experiments.expected_gradcam.settings import ExpectedGradCAM
+from replication.experiments.parchgrad.settings import ParchGrad
+from replication.experiments.sanity_checks.settings import SanityChecks
+from replication.settings import (Count, NonNegative, NonNegativeInt, Positive, PositiveInt,
+                                  Range, Seed, Settings, settings)
+
+# Where stages run: "auto" picks CUDA when available, else the CPU.
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(value: str, where: str = "device") -> str:
+    base, _, index = value.partition(":")
+    if base not in DEVICE_NAMES or (index and not (base == "cuda" and index.isdigit())):
+        raise ConfigError(f"params.yaml {where} is {value!r}; use one of {list(DEVICE_NAMES)} "
+                          "or cuda:<index>")
+    return value
+
+
+@settings
+class DataSettings(Settings):
+    validation_size: Annotated[int, Range(ge=0, le=60_000)]
+    network: Network
+
+
+@settings
+class ImageNetSettings(Settings):
+    source: Literal["sample", "ilsvrc2012_val"]
+    models: tuple[str, ...]
+    accuracy_images: Count
+
+
+@settings
+class TrainRun(Settings):
+    """One training run of the data-randomization matrix (true or permuted labels)."""
+
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
+    subset: Annotated[int | None, Range(ge=1)] = None  # the first N of the 55,000 (null: all)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup: Annotated[float, Range(gt=0, lt=1)] = 0.3  # onecycle: fraction of steps rising
+
+
+@settings
+class TrainSettings(Settings):
+    init: Literal["authors_code", "pytorch_default"]
+    l2_penalty: NonNegative
+    true_labels: TrainRun
+    random_labels: TrainRun
+
+
+@settings
+class Params(Settings):
+    profile: Literal["smoke", "quick", "paper"]
+    seed: Seed
+    device: str = "auto"
+    data: DataSettings
+    imagenet: ImageNetSettings
+    train: TrainSettings
+    sanity_checks: SanityChecks
+    parchgrad: ParchGrad
+    expected_gradcam: ExpectedGradCAM
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+
+
+__all__ = ["DataSettings", "ImageNetSettings", "NonNegativeInt", "Params", "TrainRun",
+           "TrainSettings", "check_device"]
