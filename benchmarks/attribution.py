@@ -45,7 +45,7 @@ SETTINGS = {
     "smoothgrad": {"n_samples": 8}, "smoothgrad_sq": {"n_samples": 8}, "vargrad": {"n_samples": 8},
     "ig_smoothgrad": {"n_samples": 4, "steps": 4}, "integrated_gradients": {"steps": 8},
     "integrated_gradcam": {"steps": 8}, "smooth_gradcam_pp": {"n_samples": 4},
-    "expected_gradcam": {"n_samples": 8},
+    "expected_gradcam": {"n_samples": 8}, "expected_gradcam_pp": {"n_samples": 8},
 }
 PERTURBATION_IMAGES = 2
 README_START, README_END = "<!-- benchmark:attribution:start -->", "<!-- benchmark:attribution:end -->"
@@ -91,7 +91,7 @@ def synthetic_statistics(card: ModelCard) -> ChannelStatistics:
 
 def method_params(name: str, card: ModelCard, references: torch.Tensor) -> dict:
     params = dict(SETTINGS.get(name, {}))
-    if name == "expected_gradcam":
+    if name in ("expected_gradcam", "expected_gradcam_pp"):
         params["references"] = references
     if name == "parchgrad":
         params["statistics"] = synthetic_statistics(card)

@@ -415,6 +415,47 @@ def test_layer_eg_matches_captum_layer_gradient_shap_in_expectation(cnn, digits,
     assert F.cosine_similarity(ours.flatten(), captum.detach().flatten(), dim=0) > 0.98
 
 
+def test_expected_gradcam_pp_with_no_noise_at_alpha_one_is_gradcam_pp(cnn, digits, references):
+    images, labels = digits
+    ours = attribute("expected_gradcam_pp", cnn, images, labels, references=references,
+                     n_samples=4, sigma=0.0, alpha=1.0)
+    _close(ours, attribute("gradcam_pp", cnn, images, labels), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="expected_gradcam_pp has no parameter 'variant'"):
+        create_method("expected_gradcam_pp", cnn, references=references, variant="layer_eg")
+
+
+# Every CAM with parameters that exercise its own weights (the sampled ones cheaply).
+WEIGHTED_CAMS = {
+    "gradcam": {}, "gradcam_pp": {}, "xgradcam": {}, "layercam": {}, "hirescam": {},
+    "scorecam": {}, "ablationcam": {}, "smooth_gradcam_pp": {"n_samples": 3},
+    "integrated_gradcam": {"steps": 3, "form": "path_weights"},
+    "expected_gradcam": {"n_samples": 3},
+    "expected_gradcam_layer": {"n_samples": 3, "variant": "layer_eg", "alpha": "grid"},
+    "expected_gradcam_pp": {"n_samples": 3, "sigma": 0.3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(WEIGHTED_CAMS))
+def test_public_weights_step_reproduces_the_maps(cnn, digits, references, name):
+    """``activations_and_weights`` returns what the map combines: ReLU(Σ_k W_k ⊙ A_k) of them
+    is the map, bit for bit (layer-EG: element-wise weights Φ on unit activations)."""
+    images, labels = digits
+    params = dict(WEIGHTED_CAMS[name])
+    engine = "expected_gradcam" if name == "expected_gradcam_layer" else name
+    if engine.startswith("expected_gradcam"):
+        params["references"] = references
+    method = create_method(engine, cnn, **params)
+    activations, weights = method.activations_and_weights(images, labels)
+    assert weights.shape[:2] == activations.shape[:2] == (4, 64)
+    assert torch.equal(method.combine(activations, weights), method.attribute(images, labels))
+
+
+def test_integrated_gradcam_of_the_authors_code_has_no_single_weights(cnn, digits):
+    images, labels = digits
+    with pytest.raises(ConfigError, match="form='path_weights'"):
+        create_method("integrated_gradcam", cnn, steps=2).activations_and_weights(images, labels)
+
+
 # --- ParchGrad ----------------------------------------------------------------------------------
 
 
@@ -552,6 +593,7 @@ CHEAP = {
     "ig_smoothgrad": {"n_samples": 2, "steps": 3}, "integrated_gradients": {"steps": 5},
     "integrated_gradcam": {"steps": 4}, "smooth_gradcam_pp": {"n_samples": 3},
     "expected_gradcam": {"n_samples": 5, "references": "black"},
+    "expected_gradcam_pp": {"n_samples": 5, "references": "black"},
 }
 
 

@@ -19,8 +19,8 @@ from replication.attribution._gradient import (Gradient, GuidedBackprop, InputXG
                                                IntegratedGradients, guided_relus)
 from replication.attribution._lrp import LRP
 from replication.attribution._parchgrad import ParchGrad, partition_gradient, select_channels
-from replication.attribution._sampled_cam import (ExpectedGradCAM, IntegratedGradCAM,
-                                                  SmoothGradCAMPlusPlus)
+from replication.attribution._sampled_cam import (ExpectedGradCAM, ExpectedGradCAMPlusPlus,
+                                                  IntegratedGradCAM, SmoothGradCAMPlusPlus)
 from replication.attribution._smoothing import (IntegratedGradientsSmoothGrad, SmoothGrad,
                                                 SmoothGradSquared, VarGrad)
 from replication.attribution.channel_statistics import ChannelStatistics, LayerStatistics
@@ -28,7 +28,7 @@ from replication.attribution.dataset import Explainer, model_device
 
 __all__ = [
     "CAM", "LRP", "AblationCAM", "Attribution", "ChannelStatistics", "Explainer",
-    "ExpectedGradCAM", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop",
+    "ExpectedGradCAM", "ExpectedGradCAMPlusPlus", "GradCAM", "GradCAMPlusPlus", "Gradient", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "InputXGradient", "IntegratedGradCAM", "IntegratedGradients",
     "IntegratedGradientsSmoothGrad", "LayerCAM", "LayerStatistics", "ParchGrad", "Passes",
     "ScoreCAM", "SmoothGrad", "SmoothGradCAMPlusPlus", "SmoothGradSquared", "VarGrad",

@@ -69,10 +69,16 @@ class Attribution(ABC):
 
     def attribute(self, inputs: Tensor, targets: TargetsLike) -> Tensor:
         """Raw attribution maps of ``inputs`` (B, C, H, W) for ``targets`` (B,) class indices."""
+        return self.checked(self._attribute, inputs, targets)
+
+    def checked(self, step: Callable[[Tensor, Tensor], Any], inputs: Tensor,
+                targets: TargetsLike) -> Any:
+        """``step(inputs, targets)`` on checked inputs, the targets as a (B,) long tensor on the
+        inputs' device, the model in evaluation mode (every public step goes through here)."""
         inputs = check_inputs(inputs, self.name)
         targets = as_targets(targets, inputs, self.card)
         with eval_mode(self.model):
-            return self._attribute(inputs.detach(), targets)
+            return step(inputs.detach(), targets)
 
     @abstractmethod
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor: ...

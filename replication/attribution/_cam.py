@@ -1,9 +1,11 @@
 """The CAM family on one small core.
 
 The core captures the target layer's activations A (B, K, h, w) and the gradients ∂y_c/∂A
-once; a variant only says how its weights W are computed, and the map is ReLU(Σ_k W_k ⊙ A_k)
-at the layer's resolution (B, 1, h, w). Channel weights have shape (B, K, 1, 1); element-wise
-variants (HiResCAM, LayerCAM) return (B, K, h, w). Upsampling to the input is a post-processing
+once; a variant only says how its weights W are computed (``channel_weights``), and the map is
+ReLU(Σ_k W_k ⊙ A_k) at the layer's resolution (B, 1, h, w). Channel weights have shape
+(B, K, 1, 1); element-wise variants (HiResCAM, LayerCAM) return (B, K, h, w). The public step
+``activations_and_weights(inputs, targets)`` returns the A and W a map combines, for studies of
+the weights themselves (e.g. which channels a method ranks first). Upsampling to the input is a post-processing
 step (``postprocess.upsample``), except where the method itself defines it (Guided Grad-CAM).
 Checked against pytorch-grad-cam in the tests (which min-max normalises and resizes every map).
 """
@@ -15,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from replication.attribution._base import (DEFAULT_INTERNAL_BATCH, Attribution, ModelLike, Passes,
-                                           accumulate_samples, layer_gradients, positive_int,
-                                           register_method, resolve_layer)
+                                           TargetsLike, accumulate_samples, layer_gradients,
+                                           positive_int, register_method, resolve_layer)
 from replication.attribution._gradient import GuidedBackprop
 from replication.errors import ConfigError
 
@@ -25,7 +27,9 @@ EPS_XGRAD = 1e-7
 
 
 class CAM(Attribution):
-    """Base of every CAM: hooks, activations, gradients; subclasses implement ``weights``."""
+    """Base of every CAM: hooks, activations, gradients; subclasses implement
+    ``channel_weights`` (methods that sample the gradients override
+    ``_activations_and_weights``)."""
 
     uses_gradients = True
 
@@ -37,9 +41,18 @@ class CAM(Attribution):
         self.internal_batch_size = positive_int(self.name, "internal_batch_size", internal_batch_size)
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        return self.combine(*self._activations_and_weights(inputs, targets))
+
+    def activations_and_weights(self, inputs: Tensor, targets: TargetsLike
+                                ) -> tuple[Tensor, Tensor]:
+        """The activations A and weights W whose ``combine`` is the map of ``inputs`` for
+        ``targets`` (checked as in ``attribute``)."""
+        return self.checked(self._activations_and_weights, inputs, targets)
+
+    def _activations_and_weights(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         activations, gradients = self.capture(inputs, targets, self.uses_gradients)
         self._known_channels = int(activations.shape[1])
-        return self.combine(activations, self.weights(activations, gradients, inputs, targets))
+        return activations, self.channel_weights(activations, gradients, inputs, targets)
 
     def capture(self, inputs: Tensor, targets: Tensor, with_gradients: bool = True
                 ) -> tuple[Tensor, Tensor | None]:
@@ -54,8 +67,9 @@ class CAM(Attribution):
         cam = (weights * activations).sum(1, keepdim=True)
         return F.relu(cam) if self.relu else cam
 
-    def weights(self, activations: Tensor, gradients: Tensor | None, inputs: Tensor,
-                targets: Tensor) -> Tensor:
+    def channel_weights(self, activations: Tensor, gradients: Tensor | None, inputs: Tensor,
+                        targets: Tensor) -> Tensor:
+        """The variant's weights W from the layer's activations and gradients."""
         raise NotImplementedError
 
 
@@ -66,7 +80,7 @@ class GradCAM(CAM):
     name = "gradcam"
     label = "Grad-CAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         return gradients.mean((2, 3), keepdim=True)
 
 
@@ -88,7 +102,7 @@ class GradCAMPlusPlus(CAM):
     name = "gradcam_pp"
     label = "Grad-CAM++"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         g2 = gradients * gradients
         return gradcam_pp_weights(activations, gradients, g2, g2 * gradients)
 
@@ -100,7 +114,7 @@ class XGradCAM(CAM):
     name = "xgradcam"
     label = "XGrad-CAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         normaliser = activations.sum((2, 3), keepdim=True) + EPS_XGRAD
         return (gradients * activations / normaliser).sum((2, 3), keepdim=True)
 
@@ -112,7 +126,7 @@ class LayerCAM(CAM):
     name = "layercam"
     label = "LayerCAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         return F.relu(gradients)
 
 
@@ -123,7 +137,7 @@ class HiResCAM(CAM):
     name = "hirescam"
     label = "HiResCAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         return gradients
 
 
@@ -177,7 +191,7 @@ class ScoreCAM(_PerturbationCAM):
     name = "scorecam"
     label = "Score-CAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         masks = F.interpolate(activations, size=inputs.shape[-2:], mode="bilinear",
                               align_corners=True)
         flat = masks.flatten(2)
@@ -198,7 +212,7 @@ class AblationCAM(_PerturbationCAM):
     name = "ablationcam"
     label = "Ablation-CAM"
 
-    def weights(self, activations, gradients, inputs, targets):
+    def channel_weights(self, activations, gradients, inputs, targets):
         with torch.no_grad():
             original = self.model(inputs).gather(1, targets[:, None])  # (B, 1)
 

@@ -1,5 +1,6 @@
 """CAMs whose gradients are averaged over sampled inputs: Smooth Grad-CAM++, Integrated
-Grad-CAM and Expected Grad-CAM (our documented reconstruction; paper_notes/expected_gradcam.md).
+Grad-CAM, Expected Grad-CAM and Expected Grad-CAM++ (our documented reconstruction;
+paper_notes/expected_gradcam.md).
 
 Each visits (image, sample) pairs in chunks through the CAM core; random draws come from one
 stream per image (seed + image content), consumed in sample order, so results do not depend on
@@ -7,6 +8,8 @@ the batching.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +23,15 @@ from replication.attribution._smoothing import image_noise
 from replication.errors import ConfigError
 
 
+def powers(g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """g, g², g³: the derivatives Grad-CAM++'s weights average (under its exponential
+    assumption) when the gradients are sampled."""
+    return g, g * g, g * g * g
+
+
 class _SampledCAM(CAM):
-    """Shared helpers: layer gradients at a batch of sampled points."""
+    """Shared helpers: layer gradients at a batch of sampled points; the map of the clean
+    inputs' activations weighted from the sampled gradients."""
 
     def _layer_gradients(self, points: Tensor, targets: Tensor) -> Tensor:
         return layer_gradients(self.model, self.layer, points, targets, len(points))[1]
@@ -31,9 +41,23 @@ class _SampledCAM(CAM):
         return layer_gradients(self.model, self.layer, points, dummy, self.internal_batch_size,
                                with_gradients=False)[0]
 
+    def _weighted_inputs(self, inputs: Tensor, targets: Tensor,
+                         gradients: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """The inputs' activations and the channel weights of the sampled ``gradients``."""
+        activations = self._activations(inputs)
+        return activations, self.channel_weights(activations, gradients, inputs, targets)
+
+
+class _AveragedPlusPlus:
+    """Grad-CAM++'s rule on derivatives averaged over samples: ``gradients`` = (d1, d2, d3),
+    the means of g, g², g³ (``powers``)."""
+
+    def channel_weights(self, activations, gradients, inputs, targets):
+        return gradcam_pp_weights(activations, *gradients)
+
 
 @register_method
-class SmoothGradCAMPlusPlus(_SampledCAM):
+class SmoothGradCAMPlusPlus(_AveragedPlusPlus, _SampledCAM):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ weights from derivatives averaged over
     ``n_samples`` inputs with Gaussian noise of absolute std ``noise_std`` (model-input space).
 
@@ -58,19 +82,16 @@ class SmoothGradCAMPlusPlus(_SampledCAM):
     def passes(self) -> Passes:
         return Passes(self.n_samples, 1)
 
-    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def _activations_and_weights(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         generators = image_generators(inputs, self.seed)
 
         def derivatives(image: Tensor, _sample: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             image = image.to(inputs.device)
             noisy = inputs[image] + self.noise_std * image_noise(inputs, generators, image)
-            g = self._layer_gradients(noisy, targets[image])
-            return g, g * g, g * g * g
+            return powers(self._layer_gradients(noisy, targets[image]))
 
         sums = accumulate_samples(len(inputs), self.n_samples, self.internal_batch_size, derivatives)
-        d1, d2, d3 = (s / self.n_samples for s in sums)
-        activations = self._activations(inputs)
-        return self.combine(activations, gradcam_pp_weights(activations, d1, d2, d3))
+        return self._weighted_inputs(inputs, targets, tuple(s / self.n_samples for s in sums))
 
 
 @register_method
@@ -99,7 +120,9 @@ class IntegratedGradCAM(_SampledCAM):
     def passes(self) -> Passes:
         return Passes(self.steps, int(self.form == "path_weights"))
 
-    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def _path_sum(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Per image, the sum over the path of the per-step maps (``authors_code``) or of the
+        layer gradients (``path_weights``)."""
         baseline = baseline_tensor(self.name, self.baseline, inputs, self.card)
         delta = inputs - baseline
 
@@ -113,10 +136,23 @@ class IntegratedGradCAM(_SampledCAM):
             return self.combine(activations, gradients.mean((2, 3), keepdim=True))
 
         (total,) = accumulate_samples(len(inputs), self.steps, self.internal_batch_size, along_path)
+        return total
+
+    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         if self.form == "authors_code":
-            return total
-        weights = (total / self.steps).mean((2, 3), keepdim=True)
-        return self.combine(self._activations(inputs), weights)
+            return self._path_sum(inputs, targets)
+        return super()._attribute(inputs, targets)
+
+    def _activations_and_weights(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        if self.form == "authors_code":
+            raise ConfigError("integrated_gradcam: form='authors_code' sums the per-step maps, "
+                              "so no single activations and weights make the map; use "
+                              "form='path_weights'")
+        return self._weighted_inputs(inputs, targets, self._path_sum(inputs, targets) / self.steps)
+
+    def channel_weights(self, activations, gradients, inputs, targets):
+        """Grad-CAM's rule on the path-averaged gradients."""
+        return gradients.mean((2, 3), keepdim=True)
 
 
 @register_method
@@ -211,21 +247,61 @@ class ExpectedGradCAM(_SampledCAM):
         points = baselines + alpha.view(-1, 1, 1, 1) * (perturbed - baselines)
         return baselines, perturbed, points
 
-    def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+    def _mean_over_draws(self, inputs: Tensor, targets: Tensor,
+                         terms: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, ...]]
+                         ) -> tuple[Tensor, ...]:
+        """Per image, the means over its draws of ``terms(baselines, perturbed, gradients)``
+        (the layer gradients at the path points z)."""
         generators, pool = image_generators(inputs, self.seed), self._pool(inputs)
 
-        def draws(image: Tensor, sample: Tensor) -> Tensor:
+        def draws(image: Tensor, sample: Tensor) -> tuple[Tensor, ...]:
             image = image.to(inputs.device)
             baselines, perturbed, points = self._draw(inputs, pool, generators, image, sample)
-            gradients = self._layer_gradients(points, targets[image])
-            if self.variant == "eg_weights":
-                return gradients
-            return (self._activations(perturbed) - self._activations(baselines)) * gradients
+            return terms(baselines, perturbed, self._layer_gradients(points, targets[image]))
 
-        (total,) = accumulate_samples(len(inputs), self.n_samples, self.internal_batch_size, draws)
-        mean = total / self.n_samples
+        sums = accumulate_samples(len(inputs), self.n_samples, self.internal_batch_size, draws)
+        return tuple(s / self.n_samples for s in sums)
+
+    def _layer_eg_terms(self, baselines: Tensor, perturbed: Tensor,
+                        gradients: Tensor) -> tuple[Tensor]:
+        return ((self._activations(perturbed) - self._activations(baselines)) * gradients,)
+
+    def _activations_and_weights(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         if self.variant == "layer_eg":
-            cam = mean.sum(1, keepdim=True)
-            return torch.relu(cam) if self.relu else cam
-        return self.combine(self._activations(inputs), mean.mean((2, 3), keepdim=True))
+            # Φ already holds the activation differences: element-wise weights on unit
+            # activations, so the map is ReLU(Σ_k Φ_k).
+            (phi,) = self._mean_over_draws(inputs, targets, self._layer_eg_terms)
+            return torch.ones_like(phi), phi
+        (expected,) = self._mean_over_draws(inputs, targets, lambda _b, _p, g: (g,))
+        return self._weighted_inputs(inputs, targets, expected)
+
+    def channel_weights(self, activations, gradients, inputs, targets):
+        """Grad-CAM's rule on the expected gradients Ĝ."""
+        return gradients.mean((2, 3), keepdim=True)
+
+
+@register_method
+class ExpectedGradCAMPlusPlus(_AveragedPlusPlus, ExpectedGradCAM):
+    """Expected Grad-CAM++ (ours, for claim C8 "substitute of … any method built therefrom").
+
+    Grad-CAM++'s weights (eq. 19) from d1, d2, d3 = the means of g, g², g³ over Expected
+    Grad-CAM's draws (reference, α, ε), as Smooth Grad-CAM++ averages them over noise; the map
+    uses the clean input's activations. It draws exactly as ``expected_gradcam`` (same streams),
+    so σ = 0, α = 1 gives Grad-CAM++. The ``eg_weights`` form only: it replaces the gradient.
+    """
+
+    name = "expected_gradcam_pp"
+    label = "Expected Grad-CAM++"
+
+    def __init__(self, model: ModelLike, *, layer: str | nn.Module | None = None,
+                 references: Tensor | str | None = None, n_samples: int = 50, sigma: float = 0.15,
+                 alpha: str | float = "uniform", seed: int = 0, relu: bool = True,
+                 internal_batch_size: int = DEFAULT_INTERNAL_BATCH):
+        super().__init__(model, layer=layer, references=references, n_samples=n_samples,
+                         sigma=sigma, alpha=alpha, variant="eg_weights", seed=seed, relu=relu,
+                         internal_batch_size=internal_batch_size)
+
+    def _activations_and_weights(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        derivatives = self._mean_over_draws(inputs, targets, lambda _b, _p, g: powers(g))
+        return self._weighted_inputs(inputs, targets, derivatives)
 
