@@ -135,13 +135,17 @@ def write_table(frame: Any, path: str | os.PathLike, float_format: str = "%.6g")
 
 
 def read_table(path: str | os.PathLike, missing: str = "error") -> Any:
-    """A table written by ``write_table``; ``missing="empty"`` gives an empty frame."""
+    """A table written by ``write_table``; ``missing="empty"`` gives an empty frame. A table
+    written from an empty frame (no columns) reads back as an empty frame."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         return _missing(path, missing, pd.DataFrame())
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def read_arrays(path: str | os.PathLike, missing: str = "error") -> dict[str, np.ndarray]:

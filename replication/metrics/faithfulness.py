@@ -35,6 +35,7 @@ morf/lerf aopc, lodds     ours (ParchGrad's pixel-removal protocol)   a transcri
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -701,6 +702,13 @@ def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | Literal["n
 # ----------------------------------------------------------------------------------------------
 
 _MAP_ARGS = ("model", "inputs", "targets", "maps")
+# The curve function each ``**kwargs`` wrapper passes its options to, and the ones it sets itself.
+_FORWARDS: dict[Callable[..., np.ndarray], tuple[Callable[..., Any], tuple[str, ...]]] = {
+    insertion: (insertion_curves, ()), deletion: (deletion_curves, ()),
+    morf_aopc: (pixel_removal_curves, ("order",)), lerf_aopc: (pixel_removal_curves, ("order",)),
+    morf_lodds: (pixel_removal_curves, ("order",)), lerf_lodds: (pixel_removal_curves, ("order",)),
+    road_morf: (road_curves, ("order",)), road_lerf: (road_curves, ("order",)),
+}
 
 
 @dataclass(frozen=True)
@@ -722,6 +730,13 @@ class Metric:
         if missing:
             raise ValueError(f"{self.fn.__name__} needs {', '.join(missing)}")
         return self.fn(*(given[name] for name in self.requires), **params)
+
+    def options(self) -> tuple[str, ...]:
+        """The metric's keyword options (what a configuration may set; the data arguments
+        ``requires`` names are not options)."""
+        fn, fixed = _FORWARDS.get(self.fn, (self.fn, ()))
+        return tuple(p.name for p in inspect.signature(fn).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in fixed)
 
 
 FAITHFULNESS_METRICS: dict[str, Metric] = {
