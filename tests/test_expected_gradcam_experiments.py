@@ -2,76 +2,66 @@
 
 Everything runs on an untrained MNIST CNN (``create_model("mnist_cnn")``, seeded) and random or
 synthetic images with tiny sample counts: the trained checkpoints are DVC outputs, not test
-inputs. The stage test builds a fake MNIST folder of random IDX files.
+inputs. Settings are the smoke profile's for the MNIST CNN, shrunk where a test says so. The
+stage test builds a fake MNIST folder of random IDX files.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from replication.attribution import create_method
+from replication.attribution import Explainer, create_method
 from replication.claims import load_claims, lookup
+from replication.config import load_params
 from replication.data.idx import encode_idx
 from replication.errors import ConfigError
-from replication.experiments.common import Explainer, ImageSet
-from replication.experiments.expected_gradcam import experiments as ex
-from replication.experiments.expected_gradcam import figures, stages, summary
+from replication.experiments.common import ImageSet, predicted_classes
+from replication.experiments.expected_gradcam import (baselines, claims, comparison, figures,
+                                                      saturation, smoothing, special_cases)
+from replication.experiments.expected_gradcam.drawing import View
+from replication.experiments.expected_gradcam.loading import Loaded
+from replication.experiments.expected_gradcam.methods import build_method
+from replication.experiments.expected_gradcam.settings import Bootstrap, Claims
+from replication.experiments.expected_gradcam.stages import STAGES, TABLES
 from replication.models import create_model
 from replication.training import save_checkpoint
 
-from conftest import ROOT
+from conftest import ROOT, stage_context
 
-METRICS = {"insertion": {"n_steps": 4}, "deletion": {"n_steps": 4},
-           "infidelity": {"images": 2, "perturbation": "gaussian", "n_samples": 2},
-           "max_sensitivity": {"images": 1, "n_samples": 1, "skip_methods": ["scorecam"]},
-           "complexity": {}, "sparseness": {},
-           "road_morf": {"images": 1, "percentages": [50]}}
+MODEL = "mnist_cnn"
+BOOTSTRAP = Bootstrap(n_resamples=200, confidence=0.95, alpha=0.05)
 
-PARAMS = {
-    "seed": 0, "metric_batch_size": 32,
-    "methods": {"smooth_gradcam_pp": {"n_samples": 2}, "integrated_gradcam": {"steps": 2},
-                "expected_gradcam": {"n_samples": 2, "sigma": 0.15},
-                "expected_gradcam_layer": {"method": "expected_gradcam", "variant": "layer_eg",
-                                           "n_samples": 2},
-                "expected_gradcam_pp": {"n_samples": 2}},
-    "comparison": {"methods": ["gradcam", "integrated_gradcam", "scorecam", "expected_gradcam",
-                               "expected_gradcam_layer", "expected_gradcam_pp"],
-                   "images": 3, "method_images": {"scorecam": 1}, "panel_images": 2,
-                   "metrics": METRICS},
-    "saturation": {"images": 3, "alphas": 5, "data_draws": 2, "fractions": [0.1, 0.5, 1.0],
-                   "method": "expected_gradcam_layer"},
-    "smoothing": {"methods": ["expected_gradcam", "expected_gradcam_layer"],
-                  "sigmas": [0.0, 0.3], "images": 2, "panel_images": 1,
-                  "metrics": {"complexity": {}, "insertion": {"n_steps": 2}},
-                  "samples": [1, 2], "stability_images": 2, "seeds": [0, 1]},
-    "baselines": {"images": 2, "blur_sigma": 2.0,
-                  "integrated_gradcam": {"baselines": ["zeros", "black", "blur"]}},
-    "special_cases": {"images": 2, "steps": 3, "n_samples": 2, "completeness_samples": 4,
-                      "completeness_pool": 4, "diagnose": ["expected_gradcam_layer"]},
-}
+
+def settings_of(stage: str, key: str, **mnist) -> object:
+    """``expected_gradcam.<key>`` of ``stage`` for the MNIST CNN under the smoke profile, with
+    ``mnist`` merged over the model's section."""
+    ctx = stage_context(stage, expected_gradcam={"models": {MODEL: mnist}})
+    return ctx.settings(f"expected_gradcam.{key}", model=MODEL)
 
 
 @pytest.fixture(scope="module")
-def card():
+def loaded() -> Loaded:
     torch.manual_seed(0)
-    return create_model("mnist_cnn")
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[ImageSet, ImageSet]:
+    card = create_model(MODEL)
     g = torch.Generator().manual_seed(1)
     images = ImageSet(torch.rand(4, 1, 28, 28, generator=g), torch.zeros(4, dtype=torch.long),
                       [f"test[{i}]" for i in range(4)], "random")
     references = ImageSet(torch.rand(6, 1, 28, 28, generator=g), torch.zeros(6, dtype=torch.long),
                           [f"train[{i}]" for i in range(6)], "random")
-    return images, references
+    return Loaded(MODEL, card, images, references, {"model": MODEL})
+
+
+@pytest.fixture(scope="module")
+def methods() -> dict:
+    return settings_of("egc_comparison", "methods")
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +69,75 @@ def explainer() -> Explainer:
     return Explainer(batch_size=2)
 
 
+# --------------------------------------------------------------------------------- settings
+
+def test_the_base_is_the_papers_and_profiles_state_their_changes():
+    paper = load_params(ROOT / "params.yaml", "paper")["expected_gradcam"]
+    quick = load_params(ROOT / "params.yaml", "quick")["expected_gradcam"]
+    assert paper["run_models"] == ["vgg16", "resnet50"] and paper["models"] == {}
+    assert paper["comparison"]["metrics"]["insertion"] == {"images": 1000, "n_steps": None,
+                                                           "step": 224}
+    assert quick["comparison"]["metrics"]["insertion"] == {"images": 24, "n_steps": 8,
+                                                           "step": None}
+    mnist = quick["models"][MODEL]
+    assert mnist["comparison"]["metrics"]["insertion"] == {"images": 100, "n_steps": 16,
+                                                           "step": None}
+    assert mnist["methods"]["expected_gradcam"]["n_samples"] == 50
+    smoke = load_params(ROOT / "params.yaml", "smoke")["expected_gradcam"]
+    assert smoke["models"][MODEL]["saturation"]["alphas"] == 5   # the profile beats the base
+
+
+def _params_with(tmp_path, edit) -> object:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["profiles"]["quick"]["expected_gradcam"]["comparison"]["metrics"]["insertion"]
+     .pop("step"), r"insertion sets both n_steps \(8\) and step \(224\).*set the other to null"),
+    (lambda r: r["expected_gradcam"]["comparison"]["metrics"]["deletion"].update(stepz=3),
+     r"metrics.deletion.stepz: unknown option of deletion; did you mean 'step'"),
+    (lambda r: r["expected_gradcam"]["smoothing"]["metrics"]["complexity"].update(images=-1),
+     r"smoothing.*metrics.complexity.images is -1; it must be >= 0"),
+    (lambda r: r["expected_gradcam"]["methods"]["expected_gradcam"].update(n_sample=3),
+     r"methods.expected_gradcam.n_sample: expected_gradcam has no such parameter; did you mean "
+     r"'n_samples'"),
+    (lambda r: r["expected_gradcam"]["smoothing"].update(seeds=[3, 3]), "two different seeds"),
+    (lambda r: r["expected_gradcam"]["labels"].pop("expected_gradcam_layer"),
+     r"labels.expected_gradcam_layer"),
+    (lambda r: r["expected_gradcam"]["comparison"]["methods"].append("gradcam_plus"),
+     r"comparison.methods names 'gradcam_plus'.*did you mean 'gradcam_pp'"),
+    (lambda r: r["profiles"]["quick"]["expected_gradcam"]["smoothing"].update(methods=["gradcam"]),
+     r"smoothing.methods: 'gradcam' is not an Expected Grad-CAM method"),
+])
+def test_settings_errors_name_the_key_and_the_fix(tmp_path, edit, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(_params_with(tmp_path, edit), "quick")
+
+
+def test_a_method_that_needs_d_says_so(loaded):
+    with pytest.raises(ConfigError, match="reference set D"):
+        build_method(loaded.card, "expected_gradcam", {}, None)
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        baselines.baseline_tensors(loaded.card, loaded.images.images, ["grey"],
+                                   loaded.references.images, seed=0, blur_sigma=1.0)
+
+
 # --------------------------------------------------------------------------------- Exp. 1
 
-def test_comparison_has_every_method_metric_and_the_stated_image_counts(card, data, explainer):
-    images, references = data
-    result = ex.compare_methods(card, images, references, PARAMS, explainer)
+def test_comparison_has_every_method_metric_and_the_stated_image_counts(loaded, methods,
+                                                                        explainer):
+    chosen = ["gradcam", "integrated_gradcam", "scorecam", "expected_gradcam",
+              "expected_gradcam_layer", "expected_gradcam_pp"]
+    settings = settings_of("egc_comparison", "comparison", comparison={
+        "methods": chosen, "method_images": {"scorecam": 1},
+        "metrics": {"max_sensitivity": {"skip_methods": ["scorecam"]},
+                    "road_morf": {"images": 1}}})
+    result = comparison.compare_methods(loaded, settings, methods, explainer, seed=0,
+                                        batch_size=32)
     scores = result.scores
     assert list(scores.columns) == ["model", "method", "image", "metric", "value"]
     counts = scores.groupby(["method", "metric"]).size()
@@ -92,49 +146,46 @@ def test_comparison_has_every_method_metric_and_the_stated_image_counts(card, da
     assert counts[("scorecam", "complexity")] == 1         # the method's cap
     assert ("scorecam", "max_sensitivity") not in counts   # skip_methods
     assert counts[("expected_gradcam_pp", "road_morf")] == 1
-    assert set(scores["metric"]) == set(METRICS)
+    assert set(scores["metric"]) == set(settings.metrics)
     assert scores["value"].notna().all()
-    assert set(result.panels) == set(PARAMS["comparison"]["methods"])
+    assert set(result.panels) == set(chosen)
     assert result.panels["gradcam"].shape == (2, 14, 14)   # raw coarse maps of relu2
-    assert np.isnan(result.panels["scorecam"][1]).all() and not np.isnan(result.panels["scorecam"][0]).any()
+    assert np.isnan(result.panels["scorecam"][1]).all()
+    assert not np.isnan(result.panels["scorecam"][0]).any()
 
-    directions = ex.metric_directions(METRICS)
-    table = ex.summarize_comparison(scores, directions, n_resamples=200)
+    directions = {m: True for m in ("insertion", "sparseness", "road_lerf")}
+    table = comparison.summarize_comparison(
+        scores, {m: directions.get(m, False) for m in settings.metrics}, BOOTSTRAP, seed=0)
     row = table[(table.method == "expected_gradcam") & (table.metric == "insertion")].iloc[0]
-    assert row["n_pairs"] == 3 and row["reference"] == "gradcam"
+    assert row["n_pairs"] == 2 and row["reference"] == "gradcam"
     assert not math.isnan(row["p_value"])
 
 
 def test_better_than_reference_follows_the_metric_direction():
     rows = []
     for i in range(8):
-        rows += [("m", "gradcam", f"i{i}", "insertion", 0.5), ("m", "new", f"i{i}", "insertion", 0.6 + i / 100),
-                 ("m", "gradcam", f"i{i}", "deletion", 0.5), ("m", "new", f"i{i}", "deletion", 0.6 + i / 100)]
-    scores = pd.DataFrame(rows, columns=["model", "method", "image", "metric", "value"])
-    table = ex.summarize_comparison(scores, {"insertion": True, "deletion": False}, n_resamples=200)
+        rows += [("m", "gradcam", f"i{i}", "insertion", 0.5),
+                 ("m", "new", f"i{i}", "insertion", 0.6 + i / 100),
+                 ("m", "gradcam", f"i{i}", "deletion", 0.5),
+                 ("m", "new", f"i{i}", "deletion", 0.6 + i / 100)]
+    scores = pd.DataFrame(rows, columns=comparison.SCORE_COLUMNS)
+    table = comparison.summarize_comparison(scores, {"insertion": True, "deletion": False},
+                                            BOOTSTRAP, seed=0)
     new = table[table.method == "new"].set_index("metric")
     assert bool(new.loc["insertion", "better_than_reference"])
     assert bool(new.loc["insertion", "significantly_better"])
     assert not bool(new.loc["deletion", "better_than_reference"])   # higher deletion is worse
     assert new.loc["deletion", "difference"] == pytest.approx(0.135)
-
-
-def test_parameter_errors_are_clear(card, data):
-    with pytest.raises(ConfigError, match="non-negative"):
-        ex.count(-1, 5)
-    with pytest.raises(ConfigError, match="reference set D"):
-        ex.build_method(card, "expected_gradcam", {}, None)
-    with pytest.raises(ConfigError, match="unknown baseline"):
-        ex.baseline_tensors(card, data[0].images, ["grey"], None, seed=0, blur_sigma=1.0)
-    assert ex.model_section({"a": {"b": 1, "c": 2}, "per_model": {"m": {"a": {"b": 5}}}}, "m") \
-        == {"a": {"b": 5, "c": 2}}
+    reference = table[table.method == "gradcam"].iloc[0]
+    assert reference["n_pairs"] == 0 and reference["better_than_reference"] is None
 
 
 # --------------------------------------------------------------------------------- Exp. 2–4
 
-def test_saturation_curve_ends_at_one_and_alpha_star_is_on_the_grid(card, data):
-    images, references = data
-    result = ex.internal_saturation(card, images, references, PARAMS)
+def test_saturation_curve_ends_at_one_and_alpha_star_is_on_the_grid(loaded, methods):
+    settings = settings_of("egc_saturation", "saturation", saturation={
+        "images": 3, "data_draws": 2, "fractions": [0.1, 0.5, 1.0]})
+    result = saturation.internal_saturation(loaded, settings, methods, seed=0)
     curves = result.curves
     assert len(curves) == 3 * (1 + 2) * 5                 # images × (black + 2 draws) × α
     ends = curves[curves["alpha"] == 1.0]["cosine"]
@@ -146,15 +197,26 @@ def test_saturation_curve_ends_at_one_and_alpha_star_is_on_the_grid(card, data):
     assert set(topk["fraction"]) == {0.1, 0.5, 1.0}
     full = topk[topk["fraction"] == 1.0]                   # all channels kept: the same score
     assert full.groupby("image")["probability"].nunique().max() == 1
-    aucs = ex.channel_insertion_auc(topk)
+    aucs = saturation.channel_insertion_auc(topk)
     assert len(aucs) == 3 * 2 and aucs["auc"].between(0, 1).all()
-    groups = ex.saturation_groups(result.alpha_star)
+    groups = saturation.saturation_groups(result.alpha_star)
     assert set(groups["group"]) <= {"strong", "rest"} and len(groups) == 3
 
 
-def test_smoothing_reuses_draws_across_sigma_and_reports_stability(card, data, explainer):
-    images, references = data
-    result = ex.smoothing(card, images, references, PARAMS, explainer)
+def test_topk_ranks_the_channels_by_the_engines_weights(loaded, methods):
+    """Layer-EG's channel weights are the GAP of Φ, which the map sums over channels."""
+    x = loaded.images.images[:2]
+    targets = predicted_classes(loaded.card.model, x)
+    method = build_method(loaded.card, "expected_gradcam_layer",
+                          methods["expected_gradcam_layer"], loaded.references.images)
+    ones, phi = method.activations_and_weights(x, targets)
+    assert torch.equal(ones, torch.ones_like(phi))
+    assert torch.equal(method.attribute(x, targets), torch.relu(phi.sum(1, keepdim=True)))
+
+
+def test_smoothing_reuses_draws_across_sigma_and_reports_stability(loaded, methods, explainer):
+    settings = settings_of("egc_smoothing", "smoothing")
+    result = smoothing.smoothing(loaded, settings, methods, explainer, seed=0, batch_size=32)
     assert list(result.sigma.columns) == ["model", "method", "sigma", "image", "metric", "value"]
     assert set(result.sigma["sigma"]) == {0.0, 0.3}
     assert set(result.sigma["method"]) == {"expected_gradcam", "expected_gradcam_layer"}
@@ -164,33 +226,34 @@ def test_smoothing_reuses_draws_across_sigma_and_reports_stability(card, data, e
     assert not np.allclose(result.sigma_maps[0], result.sigma_maps[1])
     assert result.stability["value"].dropna().between(-1, 1).all()
     # Common random numbers: at σ = 0 the map equals Expected Grad-CAM run directly.
-    direct = ex.build_method(card, "expected_gradcam", {"n_samples": 2, "sigma": 0.0},
-                             references.images).attribute(images.images[:1], ex.predicted_classes(
-                                 card.model, images.images[:1]))
+    x = loaded.images.images[:1]
+    direct = build_method(loaded.card, "expected_gradcam",
+                          {**methods["expected_gradcam"], "sigma": 0.0},
+                          loaded.references.images).attribute(
+                              x, predicted_classes(loaded.card.model, x))
     np.testing.assert_allclose(result.sigma_maps[0, 0, 0], direct[0, 0].numpy(), rtol=1e-5,
                                atol=1e-7)
-    bad = copy.deepcopy(PARAMS)
-    bad["smoothing"]["seeds"] = [3, 3]
-    with pytest.raises(ConfigError, match="two different seeds"):
-        ex.smoothing(card, images, references, bad, explainer)
 
 
-def test_baseline_sensitivity_compares_every_pair(card, data, explainer):
-    images, references = data
-    pairs = ex.baseline_sensitivity(card, images, references, PARAMS, explainer)
+def test_baseline_sensitivity_compares_every_pair(loaded, methods, explainer):
+    settings = settings_of("egc_baselines", "baselines", baselines={
+        "methods": ["expected_gradcam"],
+        "integrated_gradcam": {"baselines": ["zeros", "black", "blur"]}})
+    pairs = baselines.baseline_sensitivity(loaded, settings, methods, explainer, seed=0)
     igc = pairs[pairs.method == "integrated_gradcam"]
     egc = pairs[pairs.method == "expected_gradcam"]
     assert len(igc) == 2 * 3 and len(egc) == 2 * 3         # images × C(3, 2)
     assert pairs["spearman"].dropna().between(-1, 1).all()
-    means = ex.mean_pairwise(pairs)
+    means = baselines.mean_pairwise(pairs)
     assert set(means["method"]) == {"integrated_gradcam", "expected_gradcam"}
 
 
-def test_special_cases_vanish_on_real_maps(card, data):
-    images, references = data
-    table = ex.special_cases(card, images, references, PARAMS)
-    exact = table[table.case.isin(ex.REDUCTION_CASES)]
-    assert set(exact["case"]) == set(ex.REDUCTION_CASES) and len(exact) == 3 * 2
+def test_special_cases_vanish_on_real_maps(loaded, methods):
+    settings = settings_of("egc_special_cases", "special_cases",
+                           special_cases={"steps": 3, "diagnose": ["expected_gradcam_layer"]})
+    table = special_cases.special_cases(loaded, settings, methods)
+    exact = table[table.case.isin(special_cases.REDUCTION_CASES)]
+    assert set(exact["case"]) == set(special_cases.REDUCTION_CASES) and len(exact) == 3 * 2
     assert exact["relative"].max() < 1e-5
     assert (exact["scale"] > 0).all()                       # not a trivially zero map
     gaps = table[table.case.str.startswith("completeness")]
@@ -198,18 +261,6 @@ def test_special_cases_vanish_on_real_maps(card, data):
     assert gaps["relative"].notna().all()
     # The layer-EG variant is not Grad-CAM on this model (a diagnostic, not a reduction).
     assert table[table.case == "configured:expected_gradcam_layer"]["relative"].min() > 1e-3
-
-
-@pytest.mark.parametrize("variant", ["eg_weights", "layer_eg"])
-def test_weight_recorder_draws_as_the_engine(card, data, variant):
-    images, references = data
-    options = {"references": references.images, "n_samples": 3, "sigma": 0.2, "variant": variant}
-    recorder = ex._ExpectedGradCAMWeights(card, **options)
-    targets = torch.tensor([1, 2])
-    np.testing.assert_allclose(recorder.attribute(images.images[:2], targets),
-                               ex.create_method("expected_gradcam", card, **options)
-                               .attribute(images.images[:2], targets), rtol=1e-5, atol=1e-7)
-    assert recorder.recorded_weights.shape == (2, 64, 1, 1)
 
 
 def test_eg_weights_equals_gradcam_under_a_linear_head():
@@ -221,12 +272,16 @@ def test_eg_weights_equals_gradcam_under_a_linear_head():
                                 torch.nn.Linear(4, 3)).eval()
     x, refs = torch.rand(2, 1, 8, 8), torch.rand(5, 1, 8, 8)
     gc = create_method("gradcam", model, layer="1").attribute(x, [0, 2])
-    egc = ex.build_method(model, "expected_gradcam", {"layer": "1", "n_samples": 4, "sigma": 0.5},
-                          refs).attribute(x, [0, 2])
+    egc = build_method(model, "expected_gradcam", {"layer": "1", "n_samples": 4, "sigma": 0.5},
+                       refs).attribute(x, [0, 2])
     np.testing.assert_allclose(egc, gc, rtol=1e-5, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------- claims
+
+PAIRING = claims.Pairing(BOOTSTRAP, 0, {"insertion": True, "infidelity": False,
+                                        "max_sensitivity": False})
+
 
 def _synthetic_scores(shift: float) -> pd.DataFrame:
     rows = []
@@ -239,10 +294,10 @@ def _synthetic_scores(shift: float) -> pd.DataFrame:
             rows.append(("lite", method, f"i{i}", "insertion", base + delta))
             rows.append(("lite", method, f"i{i}", "infidelity", 1.0 - delta))
             rows.append(("lite", method, f"i{i}", "max_sensitivity", 0.5 - delta))
-    return pd.DataFrame(rows, columns=["model", "method", "image", "metric", "value"])
+    return pd.DataFrame(rows, columns=comparison.SCORE_COLUMNS)
 
 
-def _claims(shift: float) -> dict:
+def _tables(shift: float) -> dict:
     stars = pd.DataFrame({"model": "lite", "image": [f"i{i}" for i in range(4)],
                           "baseline": "black", "draw": 0, "alpha_star": [0.2, 0.4, 0.6, 0.9]})
     sweep = pd.DataFrame([("lite", m, s, f"i{i}", "complexity",
@@ -253,19 +308,21 @@ def _claims(shift: float) -> dict:
     pairs = pd.DataFrame([("lite", m, f"i{i}", "a", "b", r)
                           for i in range(6) for m, r in (("integrated_gradcam", 0.5),
                                                         ("expected_gradcam", 0.5 + shift * (1 + i)))],
-                         columns=["model", "method", "image", "config_a", "config_b", "spearman"])
+                         columns=baselines.PAIR_COLUMNS)
     special = pd.DataFrame({"model": "lite", "case": ["gradcam", "integrated_gradcam",
                                                       "completeness_black"],
                             "image": "i0", "difference": [0.0, 2e-7, 0.3], "scale": 1.0,
                             "relative": [0.0, 2e-7, 0.3]})
-    return summary.claim_values(scores=_synthetic_scores(shift), alpha_star=stars, topk=None,
-                                sigma_sweep=sweep, baseline_pairs=pairs, special=special,
-                                section={"claims": {"models": ["lite"]},
-                                         "bootstrap": {"n_resamples": 200}})
+    return {"scores": _synthetic_scores(shift), "alpha_star": stars, "topk": pd.DataFrame(),
+            "sigma_sweep": sweep, "pairs": pairs, "special_cases": special}
+
+
+CLAIMS = Claims(models=("lite",), method="expected_gradcam", substitute_models=())
 
 
 def test_claim_values_follow_the_tables_and_flip_with_the_direction():
-    good, bad = _claims(+0.05), _claims(-0.05)
+    good = claims.claim_values(_tables(+0.05), CLAIMS, PAIRING)
+    bad = claims.claim_values(_tables(-0.05), CLAIMS, PAIRING)
     assert good["C1"]["value"] == pytest.approx(0.5)        # median α*
     assert good["C2"]["value"] == pytest.approx(0.05, abs=0.004)
     assert bad["C2"]["value"] == pytest.approx(-0.05, abs=0.004)
@@ -280,99 +337,131 @@ def test_claim_values_follow_the_tables_and_flip_with_the_direction():
     assert bad["C8"]["value"] == pytest.approx(bad["C2"]["value"])
     assert good["C9"]["value"] == pytest.approx(2e-7)       # completeness gaps excluded
     # The claims can stand on another configured variant: its σ sweep is flat here.
-    layer = summary.c5_complexity(pd.DataFrame(), ["lite"], "expected_gradcam_layer")
-    assert layer["value"] is None
-    flat = summary.c5_complexity(_sweep_for_c5(), ["lite"], "expected_gradcam_layer")
-    assert flat["value"] == 0.0
+    assert claims.c5_complexity(pd.DataFrame(), ["lite"], "expected_gradcam_layer")["value"] is None
+    flat = pd.DataFrame([("lite", "expected_gradcam_layer", s, "i0", "complexity", 5.0)
+                         for s in (0.0, 0.1, 0.2)],
+                        columns=["model", "method", "sigma", "image", "metric", "value"])
+    assert claims.c5_complexity(flat, ["lite"], "expected_gradcam_layer")["value"] == 0.0
 
 
 def test_claims_are_void_when_the_claim_method_is_grad_cam():
     diagnostic = pd.DataFrame({"model": "lite", "case": "configured:expected_gradcam",
                                "image": ["i0", "i1"], "difference": 0.0, "scale": 1.0,
                                "relative": 0.0})
-    values = summary.claim_values(scores=_synthetic_scores(0.05), alpha_star=None, topk=None,
-                                  sigma_sweep=None, baseline_pairs=None, special=diagnostic,
-                                  section={"claims": {"models": ["lite"]},
-                                           "bootstrap": {"n_resamples": 100}})
+    values = claims.claim_values({"scores": _synthetic_scores(0.05),
+                                  "special_cases": diagnostic}, CLAIMS, PAIRING)
     assert values["claim_method_equals_gradcam"] == {"lite": True}
     assert values["C2"]["value"] is None and "coincides with Grad-CAM" in values["C2"]["reason"]
     assert values["C2"]["detail"]["lite"]["difference"] == pytest.approx(0.05, abs=0.004)
 
 
-def _sweep_for_c5() -> pd.DataFrame:
-    return pd.DataFrame([("lite", "expected_gradcam_layer", s, "i0", "complexity", 5.0)
-                         for s in (0.0, 0.1, 0.2)],
-                        columns=["model", "method", "sigma", "image", "metric", "value"])
-
-
 def test_claims_file_points_at_the_claim_values():
-    claims = [c for c in load_claims(ROOT / "claims") if c.paper == "expected_gradcam"]
-    assert [c.id for c in claims] == [f"EGC-C{i}" for i in range(1, 10)]
-    values = _claims(+0.05)
-    for claim in claims:
+    found = [c for c in load_claims(ROOT / "claims") if c.paper == "expected_gradcam"]
+    assert [c.id for c in found] == [f"EGC-C{i}" for i in range(1, 10)]
+    values = claims.claim_values(_tables(+0.05), CLAIMS, PAIRING)
+    for claim in found:
         assert claim.ours_file == "metrics/expected_gradcam/claims.json"
         lookup(values, claim.ours_key)                      # every key exists
 
 
 # --------------------------------------------------------------------------------- figures
 
+def _inventory() -> dict[str, tuple[set[str], set[str]]]:
+    """paper_notes §3: stem → (the tables it is drawn from, the claims it shows)."""
+    text = (ROOT / "paper_notes" / "expected_gradcam.md").read_text()
+    found = {}
+    for row in re.findall(r"^\| `((?:fig|table)\d\d[^`]*)`[^|]*\|[^|]*\|([^|]*)\|[^|]*\|([^|]*)\|",
+                          text, re.M):
+        stem, sources, claim = row
+        numbers = set()
+        for first, last in re.findall(r"C(\d)(?:–C?(\d))?", claim):
+            numbers |= {f"EGC-C{i}" for i in range(int(first), int(last or first) + 1)}
+        found[stem.replace("<model>", "{model}")] = (set(re.findall(r"`([^`]+)`", sources)),
+                                                     numbers)
+    return found
+
+
+def test_figures_table_matches_the_inventory_and_the_claims():
+    inventory = _inventory()
+    assert [f.stem for f in figures.FIGURES] == list(inventory)
+    for entry in figures.FIGURES:
+        sources, numbers = inventory[entry.stem]
+        assert {TABLES[s].rsplit("/", 1)[1] for s in entry.sources} == sources, entry.stem
+        assert set(entry.claims) == numbers, entry.stem
+    by_stem = {f.stem: f for f in figures.FIGURES}
+    for claim in load_claims(ROOT / "claims"):
+        if claim.paper == "expected_gradcam" and claim.figure_file:
+            stem = claim.figure_file.rsplit("/", 1)[1].rsplit(".", 1)[0]
+            assert claim.id in by_stem[stem].claims, claim.id
+
+
 def test_figures_render_from_small_tables(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
     scores = _synthetic_scores(0.05)
-    scores.to_csv(results / "comparison_scores.csv", index=False)
-    table = ex.summarize_comparison(scores, {"insertion": True, "infidelity": False,
-                                             "max_sensitivity": False}, n_resamples=100)
-    table.to_csv(results / "comparison_summary.csv", index=False)
-    pd.DataFrame({"model": "lite", "image": "i0", "baseline": "black", "draw": 0,
-                  "alpha": [0.0, 0.5, 1.0], "cosine": [0.2, 0.9, 1.0], "logit": 1.0,
-                  "probability": 0.5}).to_csv(results / "saturation_curves.csv", index=False)
-    pd.DataFrame({"model": "lite", "image": ["i0", "i1"], "baseline": "black", "draw": 0,
-                  "alpha_star": [0.5, 1.0]}).to_csv(results / "saturation_alpha_star.csv", index=False)
-    np.savez(results / "panels.npz", **{
-        "lite/images": np.zeros((2, 8, 8, 3), np.uint8), "lite/names": np.array(["n0_a.JPEG", "b"]),
-        "lite/targets": np.array([0, 1]), "lite/methods": np.array(["gradcam", "expected_gradcam"]),
-        "lite/maps": np.stack([np.random.default_rng(0).random((2, 2, 2)),
-                               np.full((2, 2, 2), np.nan)]).astype(np.float32)})
-    written = figures.make_figures(results, tmp_path / "figures", profile="smoke", n_resamples=100)
+    directions = {"insertion": True, "infidelity": False, "max_sensitivity": False}
+    summary = comparison.summarize_comparison(scores, directions, BOOTSTRAP, seed=0)
+    panels = {"lite/images": np.zeros((2, 8, 8, 3), np.uint8),
+              "lite/names": np.array(["n0_a.JPEG", "b"]), "lite/targets": np.array([0, 1]),
+              "lite/methods": np.array(["gradcam", "expected_gradcam"]),
+              "lite/maps": np.stack([np.random.default_rng(0).random((2, 2, 2)),
+                                     np.full((2, 2, 2), np.nan)]).astype(np.float32)}
+    sources = {name: pd.DataFrame() for name in TABLES} | {
+        "scores": scores, "summary": summary, "panels": panels, "sigma_panels": {},
+        "curves": pd.DataFrame({"model": "lite", "image": "i0", "baseline": "black", "draw": 0,
+                                "alpha": [0.0, 0.5, 1.0], "cosine": [0.2, 0.9, 1.0],
+                                "logit": 1.0, "probability": 0.5}),
+        "alpha_star": pd.DataFrame({"model": "lite", "image": ["i0", "i1"], "baseline": "black",
+                                    "draw": 0, "alpha_star": [0.5, 1.0]})}
+    view = View("smoke", {}, BOOTSTRAP, 0, directions, figures.tables_note(summary, "smoke"))
+    written = figures.draw_figures(sources, view, tmp_path)
     names = {p.name for p in written}
     for stem in ("fig01_qualitative_lite", "fig02_internal_saturation", "fig05_insertion_deletion",
                  "fig06_infidelity", "fig12_raw_coarse_maps_lite"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
-    assert {"table01_comparison.md", "table02_saturation.csv",
-            "table06_expected_gradcam_pp.csv"} <= names
+    assert {"table01_comparison.md", "table06_expected_gradcam_pp.csv"} <= names
+    assert "table02_saturation.csv" not in names            # no top-k table: skipped
     assert "smoke profile; the paper used VGG-16/ResNet-50" in \
-        (tmp_path / "figures" / "table01_comparison.md").read_text()
-    assert {s for s, *_ in figures.INVENTORY} >= {"fig02_internal_saturation", "table07_special_cases"}
+        (tmp_path / "table01_comparison.md").read_text()
 
 
 # --------------------------------------------------------------------------------- stages
 
-def test_stages_write_every_output_from_params(tmp_path, card):
-    mnist = tmp_path / "mnist"
-    mnist.mkdir()
+def _fake_mnist(folder) -> None:
+    folder.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (("train", 40), ("t10k", 10)):
-        (mnist / f"{split}-images-idx3-ubyte").write_bytes(
+        (folder / f"{split}-images-idx3-ubyte").write_bytes(
             encode_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
-        (mnist / f"{split}-labels-idx1-ubyte").write_bytes(
+        (folder / f"{split}-labels-idx1-ubyte").write_bytes(
             encode_idx(rng.integers(0, 10, n, dtype=np.uint8)))
+
+
+def test_stages_write_every_output_from_params(tmp_path, loaded):
+    """Every stage, in pipeline order, on the MNIST CNN: the smoke profile shrunk."""
+    _fake_mnist(tmp_path / "mnist")
     checkpoint = tmp_path / "mnist-cnn-true.pt"
-    save_checkpoint(checkpoint, card.model, {})
-    section = {**copy.deepcopy(PARAMS), "models": ["mnist_cnn"], "threads": 1, "batch_size": 2,
-               "bootstrap": {"n_resamples": 100}, "claims": {"models": ["mnist_cnn"]},
-               "data": {"mnist": {"images": 3, "reference_images": 6, "reference_offset": 30}}}
-    params = {"seed": 0, "profile": "smoke", "expected_gradcam": section}
-    paths = stages.DataPaths(mnist=mnist, mnist_checkpoint=checkpoint)
-    results, metrics = tmp_path / "results", tmp_path / "metrics"
-    for stage in stages.OUTPUTS:
-        getattr(stages, f"run_{stage}")(params, data=paths, results=results, metrics=metrics)
-        for name in stages.OUTPUTS[stage]:
-            assert (results / name).is_file(), name
-        assert (metrics / f"{stage}.json").is_file()
-    values = stages.run_claims(params, results=results, out=metrics / "claims.json")
-    written = json.loads((metrics / "claims.json").read_text())
+    save_checkpoint(checkpoint, loaded.card.model, {})
+    data = {"imagenet_sample": tmp_path / "none", "ilsvrc2012": tmp_path / "none",
+            "mnist": tmp_path / "mnist", "mnist_checkpoint": checkpoint}
+    shrunk = {"run_models": [MODEL], "claims": {"models": [MODEL]},
+              "models": {MODEL: {"data": {"mnist": {"images": 3, "reference_images": 6,
+                                                    "reference_offset": 30}},
+                                 "comparison": {"methods": ["gradcam", "gradcam_pp",
+                                                            "integrated_gradcam",
+                                                            "expected_gradcam",
+                                                            "expected_gradcam_layer",
+                                                            "expected_gradcam_pp"]}}}}
+    for stage in STAGES:
+        outputs = {name: tmp_path / out.path for name, out in stage.outs.items()}
+        inputs = data if "mnist" in stage.deps else {name: tmp_path / path
+                                                     for name, path in stage.deps.items()}
+        ctx = stage_context(stage.name, inputs=inputs, outputs=outputs,
+                            expected_gradcam=shrunk)
+        stage.function()(ctx)
+        for name, path in outputs.items():
+            assert path.exists(), (stage.name, name)
+    written = json.loads((tmp_path / "metrics/expected_gradcam/claims.json").read_text())
     assert set(written) >= {f"C{i}" for i in range(1, 10)}
-    assert written["C9"]["value"] == pytest.approx(values["C9"]["value"]) and written["C9"]["value"] < 1e-5
-    scores = pd.read_csv(results / "comparison_scores.csv")
+    assert written["C9"]["value"] < 1e-5
+    scores = pd.read_csv(tmp_path / TABLES["scores"])
     assert set(scores["image"]) == {"test[0]", "test[1]", "test[2]"}
+    assert (tmp_path / "figures/expected_gradcam/table07_special_cases.md").is_file()
