@@ -108,6 +108,8 @@ def _params_with(tmp_path, edit) -> object:
     (lambda r: r["expected_gradcam"]["smoothing"].update(seeds=[3, 3]), "two different seeds"),
     (lambda r: r["expected_gradcam"]["labels"].pop("expected_gradcam_layer"),
      r"labels.expected_gradcam_layer"),
+    (lambda r: r["expected_gradcam"]["comparison"]["method_images"].update(scorcam=1),
+     r"comparison.method_images names 'scorcam'.*did you mean 'scorecam'"),
     (lambda r: r["expected_gradcam"]["comparison"]["methods"].append("gradcam_plus"),
      r"comparison.methods names 'gradcam_plus'.*did you mean 'gradcam_pp'"),
     (lambda r: r["profiles"]["quick"]["expected_gradcam"]["smoothing"].update(methods=["gradcam"]),

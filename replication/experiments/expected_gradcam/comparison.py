@@ -58,7 +58,7 @@ def compare_methods(loaded: Loaded, settings: Comparison, methods: Mapping[str, 
     rows: list[dict] = []
     panels: dict[str, np.ndarray] = {}
     for method in settings.methods:
-        n_method = count(settings.method_images.get(method), len(x_all))
+        n_method = count(settings.method_cap(method), len(x_all))
         if n_method == 0:
             continue
         attribution = build_method(loaded.card, method, methods[method], loaded.references.images)

@@ -113,6 +113,10 @@ class Comparison(Settings):
     def __post_init__(self) -> None:
         metric_specs(self.metrics, "metrics")
 
+    def method_cap(self, method: str) -> int | None:
+        """The images ``method`` runs on at most: its ``method_images``; none named, all."""
+        return self.method_images[method] if method in self.method_images else None
+
 
 @settings
 class Saturation(Settings):
@@ -223,11 +227,14 @@ class ExpectedGradCAM(PerModelSettings):
                 raise ValueError(f"methods.{name} configures {engine_name(name, entry)!r}: give "
                                  f"it a display name in labels.{name}")
         named = {"comparison.methods": self.comparison.methods,
+                 "comparison.method_images": tuple(self.comparison.method_images),
+                 "labels": tuple(self.labels),
                  "smoothing.methods": self.smoothing.methods,
                  "baselines.methods": self.baselines.methods,
                  "saturation.method": (self.saturation.method,),
                  "special_cases.diagnose": self.special_cases.diagnose,
-                 "claims.method": (self.claims.method,)}
+                 "claims.method": (self.claims.method,),
+                 "baselines (Integrated Grad-CAM's parameters)": ("integrated_gradcam",)}
         for where, names in named.items():
             for name in names:
                 if name not in self.methods:
@@ -241,12 +248,6 @@ class ExpectedGradCAM(PerModelSettings):
                 if engine_name(name, self.methods[name]) not in USES_REFERENCES:
                     raise ValueError(f"{where}: {name!r} is not an Expected Grad-CAM method (its "
                                      f"engine method is {engine_name(name, self.methods[name])!r})")
-
-    def method_label(self, name: str) -> str:
-        """How figures and tables name the configured method ``name``."""
-        from replication.attribution import method_label
-
-        return self.labels[name] if name in self.labels else method_label(name)
 
 
 def engine_name(name: str, entry: Mapping[str, Any] | None) -> str:
