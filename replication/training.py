@@ -152,6 +152,8 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
                         **lightning_devices(resolve_device(device)), logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress_bar, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
+    log.info("training %s-%s-%s: %d epochs, batch %d", dataset, arch, labels, config.epochs,
+             config.batch_size)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
