@@ -375,7 +375,7 @@ def code_deps(stage: Stage) -> list[str]:
     """The stage's code dependencies as repository paths: whole package folders where every
     module of the folder is in the closure, files otherwise."""
     modules = [stage.module]
-    if stage.params_file:  # the settings stage writes what every declaration reads
+    if stage.name == "settings":  # it writes what every declaration reads
         modules += [entry.partition(":")[0] for entry in STAGE_LISTS]
     files = {p.relative_to(PACKAGE_ROOT.parent) for m in modules for p in import_closure(m)}
     folders = sorted({f.parent for f in files}, key=lambda p: len(p.parts))

@@ -42,7 +42,7 @@ STAGES = [
 ]
 
 REPORT = [
-    Stage("report", "replication.report:run_stage", reads=("profile",),
+    Stage("report", "replication.report:run_stage", params_file="params.yaml",
           deps={"claims": "claims", "metrics": "metrics"},
           outs={"markdown": Out("reports/replication.md", cache=False),
                 "json": Out("reports/claims.json", cache=False)},
