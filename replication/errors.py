@@ -20,12 +20,14 @@ class DataUnavailable(DataError):
 class ChecksumMismatch(DataError):
     """A raw file's SHA-256 differs from the digest pinned in the package."""
 
-    def __init__(self, name: str, source: str, expected: str, actual: str):
+    def __init__(self, name: str, source: str, expected: str, actual: str,
+                 algorithm: str = "sha256"):
         self.name, self.source, self.expected, self.actual = name, source, expected, actual
+        self.algorithm = algorithm
         super().__init__(
             f"checksum mismatch for {name} (from {source}):\n"
-            f"  expected sha256 {expected}\n"
-            f"  actual   sha256 {actual}\n"
+            f"  expected {algorithm} {expected}\n"
+            f"  actual   {algorithm} {actual}\n"
             "The copy is corrupted or is not the file this project pins. Delete it (or fix the "
             "mirror) and run the stage again."
         )

@@ -126,9 +126,26 @@ def test_validation_archives_are_unpacked_with_devkit_labels(tmp_path, archives)
 
 def test_validation_archive_with_wrong_digest_is_rejected(tmp_path, archives):
     folder, pins = archives
-    with pytest.raises(ChecksumMismatch, match="ILSVRC2012_img_val.tar"):
+    with pytest.raises(ChecksumMismatch, match="ILSVRC2012_img_val.tar") as err:
         imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", devkit=pins["devkit"])
     assert not (tmp_path / "out").exists()
+    message = str(err.value)
+    # one algorithm name per line, never "sha256 sha256" or "sha256 md5"
+    assert f"expected sha256 {imagenet.ILSVRC2012_VAL.digest}\n" in message
+    assert "sha256 sha256" not in message and "md5" not in message
+
+
+def test_a_devkit_pinned_by_md5_says_md5(tmp_path, archives):
+    folder, pins = archives
+    md5 = imagenet.ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "md5", "0" * 32)
+    with pytest.raises(ChecksumMismatch, match=r"expected md5 0{32}\n  actual   md5 [0-9a-f]{32}"):
+        imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", val=pins["val"], devkit=md5)
+
+
+def test_the_devkit_pin_is_the_published_sha256():
+    assert imagenet.ILSVRC2012_DEVKIT == imagenet.ArchivePin(
+        "ILSVRC2012_devkit_t12.tar.gz", "sha256",
+        "b59243268c0d266621fd587d2018f69e906fb22875aca0e295b48cafaa927953")
 
 
 def test_without_archives_the_manifest_says_so_and_experiments_fall_back(tmp_path):

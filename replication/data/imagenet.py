@@ -171,12 +171,13 @@ class ArchivePin:
     digest: str
 
 
-# The image archive's SHA-256 is the one TensorFlow Datasets publishes; for the devkit only an MD5
-# is published (torchvision's), so that is what we can pin.
+# The SHA-256s published with torchvision's prototype ImageNet dataset (the image archive's is also
+# TensorFlow Datasets'; the devkit's agrees with the MD5 fa75699e90414af021442c21a62c3abf that
+# torchvision's ImageNet class checks, as several independent download scripts record both).
 ILSVRC2012_VAL = ArchivePin("ILSVRC2012_img_val.tar", "sha256",
                             "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0")
-ILSVRC2012_DEVKIT = ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "md5",
-                               "fa75699e90414af021442c21a62c3abf")
+ILSVRC2012_DEVKIT = ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "sha256",
+                               "b59243268c0d266621fd587d2018f69e906fb22875aca0e295b48cafaa927953")
 N_VALIDATION_IMAGES = 50_000
 
 
@@ -186,8 +187,7 @@ def verify_archive(path: Path, pin: ArchivePin) -> None:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     if digest.hexdigest() != pin.digest:
-        raise ChecksumMismatch(pin.file, str(path), f"{pin.algorithm} {pin.digest}",
-                               f"{pin.algorithm} {digest.hexdigest()}")
+        raise ChecksumMismatch(pin.file, str(path), pin.digest, digest.hexdigest(), pin.algorithm)
 
 
 def _devkit_labels(devkit: Path) -> list[str]:
