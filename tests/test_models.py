@@ -172,3 +172,29 @@ def test_lite0_uses_relu6_and_the_packages_preprocessing(lite0):
     assert lite0.model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     p = lite0.preprocessing
     assert (p.input_size, p.resize, p.interpolation, p.mean) == (224, 256, "bicubic", (0.5,) * 3)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "vgg16_bn", "resnet18", "resnet50", "inception_v3",
+                                  "efficientnet_b0"])
+def test_stand_in_weights_replace_unavailable_ones_alive_and_labelled(monkeypatch, name):
+    """Offline, stand-in mode builds the architecture with seeded random weights whose
+    batch-norm statistics were measured, so logits have a usable scale; never by default."""
+    import torch.hub
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable (simulated)")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsUnavailable, match="stand_in_weights"):
+        create_model(name)
+    card = create_model(name, stand_in=True)
+    assert card.stand_in and not create_model(name, pretrained=False).stand_in
+    x = torch.randn(2, 3, card.preprocessing.input_size, card.preprocessing.input_size)
+    with torch.no_grad():
+        logits = card.model.eval()(x)
+    assert logits.shape == (2, 1000) and torch.isfinite(logits).all()
+    assert logits.std() > 1e-3, "uncalibrated batch-norm would squash the logits to ~1e-14"
+    if name == "resnet18":  # seeded: the same stand-in every time (one model is enough)
+        again = create_model(name, stand_in=True)
+        assert all(torch.equal(a, b) for a, b in zip(card.model.state_dict().values(),
+                                                      again.model.state_dict().values()))

@@ -80,6 +80,11 @@ class ModelCard:
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
+    @property
+    def stand_in(self) -> bool:
+        """Whether the weights are a seeded random stand-in for unavailable pretrained ones."""
+        return bool(getattr(self.model, "stand_in", False))
+
     def check(self) -> "ModelCard":
         """Every declared module name exists (a typo fails here, not deep in an experiment), and
         so does the initialiser."""
