@@ -163,3 +163,21 @@ def test_only_one_archive_is_a_clear_error(tmp_path, archives):
     (folder / "ILSVRC2012_devkit_t12.tar.gz").unlink()
     with pytest.raises(DataError, match="devkit"):
         imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", **pins)
+
+
+def test_the_synthetic_ilsvrc2012_prepares_like_the_real_one(tmp_path):
+    """The dry runs' archives go through the real preparation, pins passed as parameters."""
+    from synthetic_ilsvrc import DEFAULT_WNIDS, write_archives
+
+    pins = write_archives(tmp_path / "data", per_class=2)
+    manifest = imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "out", **pins)
+    assert manifest == {"available": True, "n_images": 2 * len(DEFAULT_WNIDS),
+                        "n_classes": len(DEFAULT_WNIDS)}
+    rows = imagenet.read_labels(tmp_path / "out")
+    assert {r["wnid"] for r in rows} == set(DEFAULT_WNIDS)
+    from PIL import Image
+
+    with Image.open(rows[0]["path"]) as image:
+        assert image.size == (80, 64)
+    with pytest.raises(ChecksumMismatch):  # the published pins reject the fake archives
+        imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "again")
