@@ -27,7 +27,7 @@ STAGES = [
           outs={"out": Out("datasets/sanity_checks_imagenet")},
           help="the Sanity Checks paper's 200 ImageNet images and demo images"),
     Stage("ilsvrc2012_val", "replication.data.imagenet:run_ilsvrc2012_stage",
-          deps={"archives": "data"}, outs={"out": Out("datasets/ilsvrc2012_val", cache=False)},
+          reads=("data.ilsvrc2012",), deps={"archives": "data"}, outs={"out": Out("datasets/ilsvrc2012_val", cache=False)},
           help="ILSVRC2012 validation from your archives in data/"),
     Stage("train", "replication.training:run_training_stage",
           reads=("seed", "device", "data.validation_size", "train"),

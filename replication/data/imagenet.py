@@ -277,6 +277,10 @@ def run_sample_stage(ctx) -> None:
 
 def run_ilsvrc2012_stage(ctx) -> None:
     """The `ilsvrc2012_val` stage: the user's archives unpacked, or a manifest saying none."""
-    manifest = prepare_ilsvrc2012_val(ctx.input("archives"), ctx.output("out"))
+    digests = ctx.settings("data.ilsvrc2012")
+    manifest = prepare_ilsvrc2012_val(
+        ctx.input("archives"), ctx.output("out"),
+        val=ArchivePin(ILSVRC2012_VAL.file, "sha256", digests.val),
+        devkit=ArchivePin(ILSVRC2012_DEVKIT.file, "sha256", digests.devkit))
     if not manifest["available"]:
         log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])
