@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -17,12 +18,18 @@ from tqdm.auto import tqdm
 from replication.data.mnist import train_validation_split
 from replication.data.tensors import mnist_tensors, permuted_labels, tensor_dataset
 from replication.errors import ConfigError
-from replication.fileio import atomic_open, write_json
 from replication.devices import lightning_devices, resolve_device
+from replication.fileio import atomic_open, write_json
 from replication.models import create_model
 from replication.schema import TrainRun
 
 log = logging.getLogger("replication")
+# Lightning sets its loggers to INFO when imported: its banners, tips ("litlogger") and per-call
+# notes drown the pipeline's output. Warnings still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 ARCHS = {"cnn": "mnist_cnn", "mlp": "mnist_mlp"}
 LABELS = ("true", "random")
