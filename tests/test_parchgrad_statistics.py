@@ -181,6 +181,13 @@ def test_statistics_round_trip_through_save_and_load(tmp_path):
     assert loaded.meta == stats_.meta and loaded.meta["model"] == "toy"
 
 
+def test_loading_missing_statistics_says_to_run_dvc_repro(tmp_path):
+    path = tmp_path / "statistics" / "mnist_cnn.pt"
+    with pytest.raises(DataError, match=rf"^{path} does not exist \(the ParchGrad channel "
+                                        r"statistics\)\. Run `dvc repro` in the repository root"):
+        ChannelStatistics.load(path)
+
+
 # ----------------------------------------------------------------------------- real models
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from replication.config import load_params
 from replication.data import mnist
 from replication.data.idx import encode_idx
 from replication.data.tensors import mnist_tensors, permuted_labels
-from replication.errors import ConfigError
+from replication.errors import ConfigError, DataError
 from replication.training import (MnistDataModule, TrainConfig, load_checkpoint,
                                   run_training_stage, train_mnist_model)
 
@@ -118,6 +118,13 @@ def test_invalid_training_settings_say_what_to_change(change, message):
     section = {"epochs": 1, "batch_size": 10, "lr": 1e-3, **change}
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_params(section)
+
+
+def test_a_missing_checkpoint_names_it_and_says_to_run_dvc_repro(tmp_path):
+    path = tmp_path / "models" / "mnist-cnn-true.pt"
+    with pytest.raises(DataError, match=rf"^{path} does not exist \(the trained cnn checkpoint\)\. "
+                                        r"Run `dvc repro` in the repository root"):
+        load_checkpoint(path, "cnn")
 
 
 def test_a_subset_larger_than_the_training_set_is_a_config_error(tiny_mnist):
