@@ -626,6 +626,70 @@ def test_registry_errors_name_the_valid_choices(cnn, digits):
                       "conv2": LayerStatistics(log_p=torch.zeros(64, 10, dtype=torch.float64))}))
 
 
+def _method_for(name: str, model):
+    """``name`` configured cheaply on ``model`` (a card, or a bare module with its layers named)."""
+    params = _params(name)
+    if isinstance(model, nn.Module):
+        if "layer" in _parameters(name):
+            params["layer"] = "relu2"
+        if name == "parchgrad":
+            params["convs"] = ["conv1", "conv2"]
+        if name == "expected_gradcam":
+            params["references"] = "zeros"  # "black" needs a card's normalisation
+    return create_method(name, model, **params)
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_non_finite_inputs_are_rejected_by_every_method(cnn, digits, name):
+    images, labels = digits
+    broken = images.clone()
+    broken[1, 0, 5, 5] = float("nan")
+    broken[3] = float("inf")
+    with pytest.raises(ValueError, match=rf"{name}: 785 non-finite input value\(s\) \(NaN or "
+                                         r"±inf\) in 2 of 4 image\(s\), at batch index 1, 3"):
+        _method_for(name, cnn).attribute(broken, labels)
+
+
+def test_float_targets_are_rejected_not_truncated(cnn, digits):
+    images, labels = digits
+    for targets in ([3.7, 7.9, 1.0, 2.0], labels.float(), np.array([3.0, 7.0, 1.0, 2.0]),
+                    [True, False, True, False]):
+        with pytest.raises(ValueError, match="targets must be integer class indices"):
+            attribute("gradient", cnn, images, targets)
+    with pytest.raises(ValueError, match=r"float32 values \[3.7, 7.9, 1, 2\]"):
+        attribute("gradient", cnn, images, torch.tensor([3.7, 7.9, 1.0, 2.0]))
+    # Integer types stay accepted.
+    for targets in (labels, labels.tolist(), labels.numpy(), labels.int(), 3):
+        assert attribute("gradient", cnn, images, targets).shape == images.shape
+
+
+def test_wrong_channels_or_size_say_what_the_model_takes(cnn, digits, lite0):
+    images, labels = digits
+    fix = r"Prepare them with card.preprocessing.transform\(\)"
+    with pytest.raises(ValueError, match=r"gradient: mnist_cnn takes 1-channel 28×28 images; got "
+                                         rf"inputs of shape \(4, 3, 28, 28\). {fix}"):
+        attribute("gradient", cnn, images.expand(-1, 3, -1, -1), labels)
+    with pytest.raises(ValueError, match=r"gradcam: mnist_cnn takes 1-channel 28×28 images; got "
+                                         r"inputs of shape \(4, 1, 32, 32\)"):
+        attribute("gradcam", cnn, F.pad(images, (2, 2, 2, 2)), labels)
+    with pytest.raises(ValueError, match=r"efficientnet_lite0 takes 3-channel images \(224×224 "
+                                         r"after its preprocessing\); got inputs of shape "
+                                         r"\(1, 1, 64, 64\)"):
+        attribute("gradient", lite0, torch.zeros(1, 1, 64, 64), [0])
+
+
+@pytest.mark.parametrize("name", ["gradient", "smoothgrad", "gradcam", "scorecam", "ablationcam",
+                                  "lrp", "expected_gradcam", "parchgrad"])
+def test_out_of_range_targets_of_a_bare_module_name_its_logits(cnn, digits, name):
+    images, labels = digits
+    targets = labels.clone()
+    targets[2] = 12
+    with pytest.raises(ValueError, match=r"target class 12 is out of range: the model returned "
+                                         r"10 logits per image|target class 12 has no channel "
+                                         r"statistics; the class statistics cover 10 classes"):
+        _method_for(name, cnn.model).attribute(images, targets)
+
+
 def test_guided_backprop_refuses_models_whose_relus_it_cannot_see():
     class Functional(nn.Module):
         def __init__(self):

@@ -463,6 +463,64 @@ def test_pixel_removal_matches_the_authors_protocol(order):
 
 
 # ----------------------------------------------------------------------------------------------
+# Non-finite maps
+# ----------------------------------------------------------------------------------------------
+
+
+def _non_finite_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Image 0 all NaN, image 1 one NaN pixel, image 2 one +inf pixel, image 3 as it was."""
+    broken = maps.clone()
+    broken[0] = float("nan")
+    broken[1, 0, 7, 3] = float("nan")
+    broken[2, 0, 0, 0] = float("inf")
+    return broken
+
+
+@pytest.mark.parametrize("name", sorted(set(fm.FAITHFULNESS_METRICS) - {"max_sensitivity"}))
+def test_a_non_finite_map_scores_nan_never_a_plausible_number(name):
+    # Before: an all-NaN map scored like an all-zero one (ties ranked in raster order).
+    model = _net()
+    x, t, maps = _data(n=4, model=model)
+    params = {"insertion": {"n_steps": 4}, "deletion": {"n_steps": 4}, "infidelity": {"patch_size": 8},
+              "road_morf": {"percentages": [50]}, "road_lerf": {"percentages": [50]}}.get(name, {})
+    metric = fm.get_metric(name)
+    scores = metric(model=model, inputs=x, targets=t, maps=_non_finite_maps(maps), **params)
+    assert np.isnan(scores[:3]).all(), scores
+    # Exact: the same batch shapes run the same kernels, and no other image enters image 3's sums.
+    assert scores[3] == metric(model=model, inputs=x, targets=t, maps=maps, **params)[3]
+
+
+def test_curves_of_a_non_finite_map_are_nan():
+    model = _net()
+    x, t, maps = _data(n=4, model=model)
+    broken = _non_finite_maps(maps)
+    for curves in (fm.deletion_curves(model, x, t, broken, n_steps=4),
+                   fm.road_curves(model, x, t, broken, percentages=[50])):
+        assert np.isnan(curves.scores[:3]).all() and np.isfinite(curves.scores[3]).all()
+    removal = fm.pixel_removal_curves(model, x, t, broken)
+    for values in (removal.aopc, removal.lodds, removal.accuracy, removal.fracdiff):
+        assert np.isnan(values[:3]).all() and np.isfinite(values[3]).all()
+    assert np.isfinite(removal.probability).all()  # p_y(x) does not depend on the map
+
+
+def test_max_sensitivity_of_a_non_finite_explanation_is_nan():
+    model = _net()
+    x, t, _ = _data(n=3, model=model)
+    gradient = _gradient_explainer(model)
+
+    def broken(inputs, targets):  # image 0 NaN at x; image 1 +inf at every perturbed copy
+        maps = gradient(inputs, targets)
+        if len(inputs) == len(x):
+            maps[0, 0, 0, 0] = float("nan")
+        else:
+            maps[len(inputs) // 3:2 * len(inputs) // 3, 0, 0, 0] = float("inf")
+        return maps
+
+    scores = fm.max_sensitivity(broken, x, t, n_samples=3)
+    assert np.isnan(scores[:2]).all() and np.isfinite(scores[2])
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry and errors
 # ----------------------------------------------------------------------------------------------
 

@@ -109,6 +109,23 @@ def test_constant_map_gives_nan_for_every_metric():
         assert not np.isnan(v[0]) and np.isnan(v[1]), name
 
 
+def test_a_non_finite_map_gives_nan_for_every_metric():
+    # Before: an inf ranked as the largest value and gave a plausible Spearman correlation.
+    reference, other = maps_pair((4, 3, 48, 48), seed=3)
+    broken = reference.clone()
+    broken[0] = float("nan")
+    broken[1, 0, 7, 3] = float("nan")
+    broken[2, 2, 0, 0] = float("inf")
+    intact = sim.compare(reference, other, list(sim.SIMILARITY_METRICS))
+    for first, second in ((broken, other), (other, broken)):
+        values = sim.compare(first, second, list(sim.SIMILARITY_METRICS))
+        for name, v in values.items():
+            assert np.isnan(v[:3]).all(), (name, v)
+            # Exact: image 3 goes through the same per-image arithmetic as before.
+            assert v[3] == sim.SIMILARITY_METRICS[name](first[3:], second[3:])[0], name
+    assert all(np.isfinite(v).all() for v in intact.values())
+
+
 # --- SSIM -------------------------------------------------------------------------------------
 
 def test_ssim_equals_a_direct_skimage_call():

@@ -103,6 +103,13 @@ def test_paired_comparison_drops_nan_pairs_and_reports_them():
     assert nothing.n_pairs == 0 and nothing.n_dropped == 2 and math.isnan(nothing.p_value)
 
 
+def test_infinite_values_are_an_error_not_a_dropped_value():
+    with pytest.raises(ValueError, match=r"values holds 1 infinite value\(s\) \(at index \[2\]\)"):
+        bootstrap_ci([0.1, 0.2, -np.inf, 0.3])
+    with pytest.raises(ValueError, match=r"b holds 2 infinite value\(s\) \(at index \[0, 3\]\)"):
+        paired_comparison([0.1, 0.2, 0.3, 0.4], [np.inf, 0.2, np.nan, -np.inf])
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"shapes \(3,\) and \(4,\) differ"):
         paired_comparison([1, 2, 3], [1, 2, 3, 4])
