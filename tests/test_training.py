@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from tolerance import atol, network_ops
 from replication.config import load_params
 from replication.data import mnist
 from replication.data.idx import encode_idx
@@ -80,8 +81,14 @@ def test_smoke_stage_writes_a_checkpoint_that_loads_and_the_metrics(tiny_mnist, 
     model = load_checkpoint(checkpoint, "cnn")
     x, y = mnist_tensors(tiny_mnist, "test")
     with torch.no_grad():
-        accuracy = (model(x).argmax(1) == y).float().mean().item()
-    assert accuracy == pytest.approx(written["test_acc"])
+        logits = model(x)
+    correct = int((logits.argmax(1) == y).sum())
+    # The stage scored the images in other batches: an image whose top two logits lie within
+    # their rounding through the forward may be counted either way.
+    top_two = logits.topk(2, dim=1).values
+    rounding = atol(logits, ops=network_ops(model, backward=False), dtype=torch.float32)
+    ambiguous = int((top_two[:, 0] - top_two[:, 1] <= 2 * rounding).sum())
+    assert abs(correct - round(written["test_acc"] * len(y))) <= ambiguous
 
 
 def test_same_seed_gives_identical_weights(tiny_mnist):
