@@ -13,6 +13,14 @@ class DataError(ReplicationError):
     """Input data is missing, unreadable or malformed."""
 
 
+def missing_input(path: object, what: str, without_dvc: str = "") -> DataError:
+    """The error for an input a pipeline stage makes that is not there: the missing path, and
+    how to make it (``dvc repro`` runs every stage whose outputs are missing, in order)."""
+    alternative = f" Without DVC: {without_dvc}" if without_dvc else ""
+    return DataError(f"{path} does not exist ({what}). Run `dvc repro` in the repository root: "
+                     f"it runs the stages that make it.{alternative}")
+
+
 class DataUnavailable(DataError):
     """A raw file could be obtained neither from the mirror nor from upstream."""
 

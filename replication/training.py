@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from replication.data.mnist import train_validation_split
 from replication.data.tensors import mnist_tensors, permuted_labels, tensor_dataset
-from replication.errors import ConfigError
 from replication.devices import lightning_devices, resolve_device
+from replication.errors import ConfigError, missing_input
 from replication.fileio import atomic_open, write_json
 from replication.models import create_model
 from replication.schema import TrainRun
@@ -189,6 +189,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str) -> nn.Module:
     """The trained model of a checkpoint written by ``save_checkpoint``, in eval mode."""
     if arch not in ARCHS:
         raise ConfigError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    if not Path(path).is_file():
+        raise missing_input(path, f"the trained {arch} checkpoint")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     card = create_model(ARCHS[arch])
     card.model.load_state_dict(checkpoint["state_dict"])

@@ -13,7 +13,11 @@ import scipy.io
 
 from conftest import leftovers
 from replication.data import imagenet
+from replication.data.tensors import ImageNetImages
 from replication.errors import ChecksumMismatch, DataError
+
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
 
 
 def test_class_index_is_sorted_wnid_position():
@@ -156,6 +160,17 @@ def test_without_archives_the_manifest_says_so_and_experiments_fall_back(tmp_pat
     assert folder == tmp_path / "sample" and "falling back" in note
     with pytest.raises(DataError, match="unknown ImageNet source"):
         imagenet.evaluation_folder("imagenet21k", tmp_path, out)
+
+
+def test_reading_an_unprepared_folder_names_it_and_says_to_run_dvc_repro(tmp_path):
+    folder = tmp_path / "imagenet_sample"
+    with pytest.raises(DataError, match=rf"^{folder} does not exist \(the prepared ImageNet folder "
+                                        r"imagenet_sample\)\. Run `dvc repro` in the repository "
+                                        r"root.*imagenet\.prepare_sample\("):
+        imagenet.read_labels(folder)
+    folder.mkdir()
+    with pytest.raises(DataError, match=rf"^{folder / 'labels.csv'} does not exist"):
+        ImageNetImages(folder, transform=None)
 
 
 def test_only_one_archive_is_a_clear_error(tmp_path, archives):

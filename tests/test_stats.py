@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from replication.metrics.stats import bootstrap_ci, paired_comparison
+from tolerance import FLOAT64, atol
 
 
 def _normal(n: int, mean: float = 0.0, sd: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -19,9 +20,11 @@ def test_bootstrap_ci_is_scipys_bootstrap_of_the_mean():
     values = _normal(40, mean=2.0)
     ours = bootstrap_ci(values, n_resamples=2000, seed=3)
     reference = stats.bootstrap((values,), np.mean, n_resamples=2000, rng=np.random.default_rng(3))
-    assert ours.mean == pytest.approx(values.mean(), abs=1e-12)
-    assert ours.low == pytest.approx(reference.confidence_interval.low, abs=1e-12)
-    assert ours.high == pytest.approx(reference.confidence_interval.high, abs=1e-12)
+    # float64 means of 40 values, in numpy's and in scipy's order.
+    rounding = atol(values, ops=2 * 40, dtype=FLOAT64)
+    assert ours.mean == pytest.approx(values.mean(), abs=rounding)
+    assert ours.low == pytest.approx(reference.confidence_interval.low, abs=rounding)
+    assert ours.high == pytest.approx(reference.confidence_interval.high, abs=rounding)
     assert (ours.n, ours.n_dropped, ours.confidence) == (40, 0, 0.95)
 
 
@@ -63,7 +66,7 @@ def test_paired_comparison_detects_a_shift_and_matches_scipy():
     a, b = base + 0.5 + 0.1 * _normal(30, seed=3), base
     result = paired_comparison(a, b, n_resamples=2000, seed=1)
     diff = a - b
-    assert result.mean_difference == pytest.approx(diff.mean(), abs=1e-12)
+    assert result.mean_difference == pytest.approx(diff.mean(), abs=atol(diff, ops=2 * 30, dtype=FLOAT64))
     assert result.ci_low < result.mean_difference < result.ci_high
     assert result.ci_low > 0.4 and result.ci_high < 0.6
     assert result.p_value == pytest.approx(stats.wilcoxon(a, b).pvalue, rel=1e-12)
@@ -83,7 +86,8 @@ def test_paired_comparison_without_an_effect():
     noise = 0.01 * _normal(25, seed=5)
     b = a + np.concatenate([noise, -noise])  # differences symmetric about 0 by construction
     result = paired_comparison(a, b, seed=0)
-    assert result.mean_difference == pytest.approx(0.0, abs=1e-15)
+    # 0 up to rounding: b = a + d rounds at the scale of a, then 50 differences are averaged.
+    assert result.mean_difference == pytest.approx(0.0, abs=atol(a, ops=50 + 2, dtype=FLOAT64))
     assert result.p_value > 0.9  # not exactly 1: a + d − a rounds, so |d| ties are not exact
     assert result.ci_low < 0 < result.ci_high
     same = paired_comparison(a, a)
@@ -101,6 +105,13 @@ def test_paired_comparison_drops_nan_pairs_and_reports_them():
     assert result == paired_comparison(a, b, n_resamples=1000)  # deterministic
     nothing = paired_comparison([np.nan, 1.0], [2.0, np.nan])
     assert nothing.n_pairs == 0 and nothing.n_dropped == 2 and math.isnan(nothing.p_value)
+
+
+def test_infinite_values_are_an_error_not_a_dropped_value():
+    with pytest.raises(ValueError, match=r"values holds 1 infinite value\(s\) \(at index \[2\]\)"):
+        bootstrap_ci([0.1, 0.2, -np.inf, 0.3])
+    with pytest.raises(ValueError, match=r"b holds 2 infinite value\(s\) \(at index \[0, 3\]\)"):
+        paired_comparison([0.1, 0.2, 0.3, 0.4], [np.inf, 0.2, np.nan, -np.inf])
 
 
 def test_bad_arguments_are_named():

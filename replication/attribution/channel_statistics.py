@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from replication.errors import ConfigError, DataError
+from replication.errors import ConfigError, DataError, missing_input
 from replication.fileio import atomic_open
 
 Mode = Literal["class", "instance"]
@@ -84,8 +84,7 @@ class ChannelStatistics:
     def load(cls, path: str | os.PathLike) -> "ChannelStatistics":
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"{path} is missing: run `dvc repro` to compute the ParchGrad "
-                            "channel statistics first")
+            raise missing_input(path, "the ParchGrad channel statistics")
         payload = torch.load(path, map_location="cpu", weights_only=True)
         layers = {n: LayerStatistics(**t) for n, t in payload["layers"].items()}
         return cls(payload["mode"], layers, payload.get("meta", {}))

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from replication.data.fetch import Network, download, unavailable
-from replication.errors import ChecksumMismatch, DataError
+from replication.errors import ChecksumMismatch, DataError, missing_input
 from replication.fileio import CHUNK, atomic_directory, atomic_write_text, sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,11 @@ def read_labels(folder: str | os.PathLike) -> list[dict]:
     folder = Path(folder)
     labels = folder / "labels.csv"
     if not labels.is_file():
-        raise DataError(f"{labels} is missing: run `dvc repro` to prepare {folder.name} first")
+        raise missing_input(folder if not folder.exists() else labels,
+                            f"the prepared ImageNet folder {folder.name}", "python -c \"from "
+                            "replication.data import imagenet, mirror_root; "
+                            f"imagenet.prepare_sample('{folder}', mirror=mirror_root())\" (the "
+                            "1000-image sample)")
     with open(labels, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:

@@ -1,8 +1,10 @@
 """Comparing methods over images: bootstrap confidence intervals and paired tests (deterministic).
 
-NaN values (a metric undefined for an image, e.g. the complexity of an all-zero map) are dropped
-and counted, never silently propagated: ``n`` / ``n_pairs`` say how many values were used and
-``n_dropped`` how many were not.
+NaN values (a metric undefined for an image, e.g. the complexity of an all-zero map, or any
+faithfulness score of a non-finite map) are dropped and counted, never silently propagated:
+``n`` / ``n_pairs`` say how many values were used and ``n_dropped`` how many were NaN. An
+infinite value is an error, not a NaN to drop: it is a result (e.g. the log of a probability that
+underflowed to 0) that no mean, CI or rank test can summarise, so where it arises must decide.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def _as_1d(values: object, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional (one value per image); got shape {array.shape}")
+    infinite = np.flatnonzero(np.isinf(array))
+    if len(infinite):
+        raise ValueError(f"{name} holds {len(infinite)} infinite value(s) (at index "
+                         f"{infinite[:10].tolist()}), which no mean, CI or rank test can summarise; "
+                         "make the metric that computed them give a finite value, or NaN where it "
+                         "is undefined (NaNs are dropped and counted)")
     return array
 
 

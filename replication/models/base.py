@@ -65,6 +65,8 @@ class ModelCard:
     papers' plots) and the module names re-initialised together at that stage.
     ``initializer`` names the ``replication.models.initializers`` entry that re-creates the
     layers' initial weights (the authors' randomization re-ran each variable's own initialiser).
+    ``fixed_input_size``: the model takes only ``preprocessing.input_size`` square images (a
+    flatten into a Linear layer); ImageNet models pool adaptively and take other sizes too.
     """
 
     name: str
@@ -76,6 +78,7 @@ class ModelCard:
     num_classes: int
     initializer: str
     notes: dict[str, str] = field(default_factory=dict)
+    fixed_input_size: bool = False
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
