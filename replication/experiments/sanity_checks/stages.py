@@ -33,7 +33,7 @@ def _randomization_outs(setup: str) -> dict[str, Out]:
 
 STAGES = [
     Stage("sanity_imagenet_randomization", f"{PACKAGE}.model_randomization:run_imagenet",
-          reads=("device", *IMAGENET_IMAGES, "sanity_checks.target",
+          reads=("device", "seed", "imagenet.source", "sanity_checks.target",
                  "sanity_checks.randomization", "sanity_checks.similarity.imagenet",
                  "sanity_checks.imagenet"),
           matrix=MODES, deps=IMAGENET_DATA, outs=_randomization_outs("imagenet"),
