@@ -129,12 +129,18 @@ def _claim_from(entry: dict, default_paper: str, source: Path) -> Claim:
     return claim
 
 
+def read_claims(path: str | os.PathLike) -> list[Claim]:
+    """The claims of one file (``claims/<paper>.yaml``), in file order."""
+    path = Path(path)
+    doc = yaml.safe_load(path.read_text()) or {}
+    return [_claim_from(e, doc.get("paper", path.stem), path) for e in doc.get("claims", [])]
+
+
 def load_claims(folder: str | os.PathLike = "claims") -> list[Claim]:
     """All claims, grouped by paper in ``PAPERS`` order, each file's entries in file order."""
     claims: list[Claim] = []
     for path in sorted(Path(folder).glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text()) or {}
-        claims += [_claim_from(e, doc.get("paper", path.stem), path) for e in doc.get("claims", [])]
+        claims += read_claims(path)
     ids = [c.id for c in claims]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

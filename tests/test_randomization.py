@@ -12,8 +12,9 @@ from torch import nn
 
 from replication.attribution import create_method
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.randomization import (
-    RandomizationOptions, cascading, explain, explained_classes, independent)
+from replication.experiments.sanity_checks.randomization import (cascading, explain,
+                                                                 explained_classes, independent)
+from replication.experiments.sanity_checks.settings import RandomizationOptions
 from replication.models import create_model
 from replication.models.base import ModelCard
 from replication.models.initializers import (available_initializers, initializer, reinitialise,
@@ -302,9 +303,11 @@ def test_invalid_options_are_clear_errors():
         RandomizationOptions(draws="once")
     with pytest.raises(ConfigError, match="seed"):
         RandomizationOptions(seed=-1)
-    with pytest.raises(ConfigError, match=r"unknown randomization option\(s\) \['sed'\]"):
-        RandomizationOptions.from_params({"sed": 1})
-    assert RandomizationOptions.from_params({"draws": "nested"}).draws == "nested"
+    with pytest.raises(ConfigError, match="randomization.sed: unknown key; did you mean 'seed'"):
+        RandomizationOptions.from_params({"sed": 1}, "sanity_checks.randomization")
+    with pytest.raises(ConfigError, match="randomization.draws is 'once'"):
+        RandomizationOptions.from_params({"draws": "once"}, "sanity_checks.randomization")
+    assert RandomizationOptions.from_params({"draws": "nested"}, "r").draws == "nested"
 
 
 # --- explained class -----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The Sanity Checks toy studies: the one-layer conv net of Fig. 7 / claim C18 (locality, edge
-likeness) and the input ⊙ random-gradient table of Fig. 19."""
+likeness; ``one_layer_net``) and the input ⊙ random-gradient table of Fig. 19 (``toys``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks import toys
+from replication.experiments.sanity_checks import one_layer_net, toys
 from tolerance import FLOAT32, FLOAT64, assert_close, assert_differs, atol
 
 JUNCO = "n01534433_junco.JPEG"  # the paper's bird is a junco (notes §2.2)
@@ -19,7 +19,7 @@ CORN = "n12144580_corn.JPEG"  # the appendix figures show a corn image too
 def _sample_image(mirror, name: str) -> np.ndarray:
     from replication.data import imagenet
 
-    return toys.load_image(mirror / imagenet.SAMPLE_MIRROR_FOLDER / name, size=128)
+    return one_layer_net.load_image(mirror / imagenet.SAMPLE_MIRROR_FOLDER / name, size=128)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def digits(mirror, tmp_path_factory) -> torch.Tensor:
 
 
 def test_gradient_at_a_pixel_depends_on_its_5x5_neighbourhood_only(junco):
-    table = toys.locality_check(junco[:48, :48], n_positions=10, version="rgb")
+    table = one_layer_net.locality_check(junco[:48, :48], n_positions=10, version="rgb")
     outside = table[table.region == "outside_5x5"]
     ring = table[table.region == "ring_5x5"]
     # Exact: in float64 each conv output is a dot product over its own 3×3 window, so pixels
@@ -52,7 +52,7 @@ def test_gradient_at_a_pixel_depends_on_its_5x5_neighbourhood_only(junco):
     assert (ring.max_abs_change > 0).any()  # the 5×5 is needed, not just the 3×3
     # gradient = f(ReLU pattern): autograd and the transposed conv sum the same 3×3 taps per
     # channel in float64, at the scale of a channel's Σ|w|.
-    weight = toys.OneLayerConv(3, 0, dtype=torch.float64).conv.weight
+    weight = one_layer_net.OneLayerConv(3, 0, dtype=torch.float64).conv.weight
     assert table.pattern_max_abs_diff.max() <= atol(weight.abs().sum((0, 2, 3)), ops=9,
                                                      dtype=FLOAT64)
 
@@ -60,10 +60,10 @@ def test_gradient_at_a_pixel_depends_on_its_5x5_neighbourhood_only(junco):
 def test_gradient_maps_correlate_with_edges_more_than_a_random_map(corn):
     # Over 20 random filters: the edge likeness depends on the filter (its Σw decides whether
     # flat regions are active), so the claim is tested on the average, not on one filter.
-    study = toys.one_layer_edge_study(corn, filter_seeds=range(20),
+    study = one_layer_net.one_layer_edge_study(corn, filter_seeds=range(20),
                                       methods=["gradient", "guided_backprop"],
                                       versions=["grayscale"])
-    summary = toys.summarize_edge_study(study.table).set_index("method")
+    summary = one_layer_net.summarize_edge_study(study.table).set_index("method")
     assert abs(summary.loc["random", "mean"]) < 0.01 and summary.loc["random", "sd"] < 0.02
     assert summary.loc["gradient", "mean"] > 0.05
     assert summary.loc["gradient", "share_above_random"] >= 0.7
@@ -75,12 +75,12 @@ def test_gradient_maps_correlate_with_edges_more_than_a_random_map(corn):
 
 
 def test_integrated_gradients_is_input_times_gradient_for_the_homogeneous_net(junco):
-    study = toys.one_layer_edge_study(junco, filter_seeds=[3],
+    study = one_layer_net.one_layer_edge_study(junco, filter_seeds=[3],
                                       methods=["gradient", "integrated_gradients"],
                                       versions=["rgb"])
     maps = study.maps["rgb"]
-    x = toys.model_input(junco, "rgb")[0].numpy()
-    steps = toys.EDGE_METHODS["integrated_gradients"]["steps"]
+    x = one_layer_net.model_input(junco, "rgb")[0].numpy()
+    steps = one_layer_net.EDGE_METHODS["integrated_gradients"]["steps"]
     # The one-layer net's gradient is the same at every α > 0; ours runs the steps in batches
     # (the conv: 3·3·3 taps forward and backward) and sums the steps in float32.
     assert_close(maps["integrated_gradients"], (1 - 1 / steps) * x * maps["gradient"],
@@ -89,7 +89,7 @@ def test_integrated_gradients_is_input_times_gradient_for_the_homogeneous_net(ju
 
 def test_edge_study_rejects_unknown_methods(junco):
     with pytest.raises(ConfigError, match="unknown edge-study method"):
-        toys.one_layer_edge_study(junco, methods=["lrp"])
+        one_layer_net.one_layer_edge_study(junco, methods=["lrp"])
 
 
 def _fig19(digits: torch.Tensor, **kwargs) -> pd.DataFrame:
