@@ -252,7 +252,7 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
     table = read_table(results / "data_randomization/cnn-mnist.csv")
     pairs = data_randomization.pair_summary(table)
     # the same model on both sides: identical maps, whose Spearman is 1 up to its own rounding
-    identical = 2 * (3 * 784 + 4) * np.finfo(np.float64).eps
+    identical = atol(1.0, ops=2 * (3 * 28 * 28 + 4), dtype=FLOAT64)
     assert (pairs.loc[pairs["metric"] == "spearman_abs", "mean"] - 1.0).abs().max() <= identical
 
     inputs = {name: results / name for name in ("randomization", "data_randomization", "toys",
