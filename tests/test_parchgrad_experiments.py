@@ -191,9 +191,8 @@ def test_dead_channels_in_instance_mode(setup):
     stats_ = ChannelStatistics.from_gaps(gaps, images.labels, 10, "instance")
     layer = stats_.layers["conv2"]                           # channel 1 alive, but recorded
     layer.gap_mean[1], layer.gap_std[1], layer.shapiro_p[1] = 0.0, 0.0, 1.0  # as dead
-    settings = stage_context("parchgrad_statistics_checks").settings(
-        "parchgrad.statistics_checks")
-    options = MethodOptions(shapiro_threshold=0.05, spatial_1x1="energy", seed=0)
+    ctx = stage_context("parchgrad_statistics_checks")          # the authors' Shapiro filter
+    settings, options = ctx.settings("parchgrad.statistics_checks"), MethodOptions.of(ctx)
     check = statistics_checks.dead_channel_check
     table = check(card, images, stats_, settings, options, torch.device("cpu"))
     row = table.set_index(["conv", "input"]).loc[("conv2", "statistics_images")]
