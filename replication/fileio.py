@@ -199,7 +199,10 @@ def read_table(path: str | os.PathLike, missing: str = "error") -> Any:
     path = Path(path)
     if not path.is_file():
         return _missing(path, missing, pd.DataFrame())
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an empty frame without columns is written as one blank line
+        return pd.DataFrame()
 
 
 def read_arrays(path: str | os.PathLike, missing: str = "error") -> dict[str, np.ndarray]:
