@@ -68,6 +68,18 @@ def cmd_dvc_yaml(args: argparse.Namespace) -> None:
     atomic_write_text(args.out, text)
 
 
+def cmd_timings(args: argparse.Namespace) -> None:
+    from replication import timings
+
+    records = timings.read_timings(args.folder)
+    table = timings.markdown(records, args.wall_seconds)
+    print(table, end="")
+    if args.wall_seconds is not None:
+        timings.write_results(records, args.wall_seconds, args.out)
+        if args.update_readme:
+            timings.update_readme(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from replication.pipeline import add_stage_commands
 
@@ -89,11 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     dvc.add_argument("--check", action="store_true", help="only check that it is up to date")
     dvc.set_defaults(run=cmd_dvc_yaml)
 
+    timing = commands.add_parser("timings", help="where the pipeline's time went, per stage")
+    timing.add_argument("--folder", default="timings")
+    timing.add_argument("--wall-seconds", type=float,
+                        help="the measured wall time of `make reproduce`")
+    timing.add_argument("--out", default="benchmarks/results/pipeline.json")
+    timing.add_argument("--update-readme", action="store_true")
+    timing.set_defaults(run=cmd_timings)
+
     add_stage_commands(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
     from replication.pipeline import Interrupted, install_signal_handlers, run_stage
 
     install_signal_handlers()
@@ -103,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if hasattr(args, "stage") and not hasattr(args, "run"):
-            run_stage(args.stage, args)
+            run_stage(args.stage, args, started=started)
         else:
             args.run(args)
     except ReplicationError as err:

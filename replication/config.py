@@ -216,6 +216,7 @@ def load_params(path: str | os.PathLike = "params.yaml", profile: str | None = N
 def check_all_profiles(path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     """Every profile validated (what ``make reproduce`` runs before ``dvc repro``)."""
     raw = read_file(path)
+    effective_params(raw)  # the file's own `profile:` must name a profile too
     return {p: _schema().from_params(effective_params(raw, p), "") for p in PROFILES}
 
 

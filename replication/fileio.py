@@ -1,12 +1,20 @@
-"""Atomic file output: a failed or interrupted write never leaves a partial file behind."""
+"""Atomic file output: a failed or interrupted write never leaves a partial file behind.
+
+Output is written to a hidden sibling ``.{name}.XXXXXXXX.partial`` (file or folder) and renamed
+onto ``{name}`` when complete. A process killed outright (``kill -9``) cannot clean up, so each
+atomic write of a path first removes that path's stale partials: those no live writer holds (a
+writer holds an flock on its partial while writing).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -16,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 CHUNK = 1 << 20
+PARTIAL_SUFFIX = ".partial"
 
 
 def _umask() -> int:
@@ -36,19 +45,63 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _partial_pattern(path: Path) -> re.Pattern[str]:
+    # tempfile's random part uses [a-z0-9_]: ``.maps.npz.x.partial`` is never a partial of ``maps``.
+    return re.compile(re.escape(f".{path.name}.") + "[a-z0-9_]+" + re.escape(PARTIAL_SUFFIX))
+
+
+def _is_held(partial: Path) -> bool:
+    """Whether a live writer holds ``partial`` (its flock outlives no process)."""
+    try:
+        fd = os.open(partial, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(path: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted atomic writes of ``path`` left beside it; return what was removed.
+
+    Only ``path``'s own pattern ``.{name}.XXXXXXXX.partial`` matches, and a partial that a live
+    writer holds is kept.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _partial_pattern(path)
+    removed = []
+    for entry in path.parent.iterdir():
+        if not pattern.fullmatch(entry.name) or _is_held(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    remove_stale_partials(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
         with os.fdopen(fd, mode) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # held until closed: this partial is live
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
-        os.replace(tmp, path)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private
+            os.replace(tmp, path)  # while still held, so no cleanup can take it first
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -99,13 +152,18 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory in a temporary sibling; swap it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    remove_stale_partials(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX))
+    held = os.open(tmp, os.O_RDONLY)
     try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # this partial is live while the block runs
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the output private
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
+        os.close(held)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -135,8 +193,7 @@ def write_table(frame: Any, path: str | os.PathLike, float_format: str = "%.6g")
 
 
 def read_table(path: str | os.PathLike, missing: str = "error") -> Any:
-    """A table written by ``write_table``; ``missing="empty"`` gives an empty frame. A table
-    written from an empty frame (no columns) reads back as an empty frame."""
+    """A table written by ``write_table``; ``missing="empty"`` gives an empty frame."""
     import pandas as pd
 
     path = Path(path)
@@ -144,7 +201,7 @@ def read_table(path: str | os.PathLike, missing: str = "error") -> Any:
         return _missing(path, missing, pd.DataFrame())
     try:
         return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
+    except pd.errors.EmptyDataError:  # an empty frame without columns is written as one blank line
         return pd.DataFrame()
 
 

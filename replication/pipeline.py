@@ -375,7 +375,7 @@ def code_deps(stage: Stage) -> list[str]:
     """The stage's code dependencies as repository paths: whole package folders where every
     module of the folder is in the closure, files otherwise."""
     modules = [stage.module]
-    if stage.params_file:  # the settings stage writes what every declaration reads
+    if stage.name == "settings":  # it writes what every declaration reads
         modules += [entry.partition(":")[0] for entry in STAGE_LISTS]
     files = {p.relative_to(PACKAGE_ROOT.parent) for m in modules for p in import_closure(m)}
     folders = sorted({f.parent for f in files}, key=lambda p: len(p.parts))
@@ -464,7 +464,10 @@ def add_stage_commands(commands: Any) -> None:
         parser.set_defaults(stage=stage)
 
 
-def run_stage(stage: Stage, args: Any) -> None:
+TIMINGS_DIR = Path("timings")  # one JSON per stage run (git-ignored; `timings` tabulates them)
+
+
+def run_stage(stage: Stage, args: Any, started: float | None = None) -> None:
     item = {key: getattr(args, key) for key in stage.matrix}
     inputs = {name: Path(getattr(args, name)) for name in stage.deps}
     outputs = {name: Path(getattr(args, name)) for name in stage.outs}
@@ -477,6 +480,21 @@ def run_stage(stage: Stage, args: Any) -> None:
     context = StageContext(stage, settings, inputs, outputs, item)
     stage.function()(context)
     context.done()
+    record_timing(context, started)
+
+
+def record_timing(context: StageContext, started: float | None) -> None:
+    """``timings/<stage>[@item].json``: the stage function's seconds and the whole process's
+    (interpreter start-up, imports and loading included), for the per-stage table."""
+    import json
+
+    name = context.stage.name + ("@" + "-".join(context.item.values()) if context.item else "")
+    finished = time.time()
+    record = {"stage": name, "compute_seconds": context.seconds,
+              "process_seconds": round(finished - started, 1) if started else None,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished))}
+    TIMINGS_DIR.mkdir(exist_ok=True)
+    (TIMINGS_DIR / f"{name}.json").write_text(json.dumps(record) + "\n")
 
 
 __all__ = ["Interrupted", "Out", "Stage", "StageContext", "code_deps", "extract", "get_stage",

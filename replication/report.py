@@ -7,13 +7,15 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from replication.claims import (NOT_REPRODUCED, NOT_RUN, PAPERS, REPRODUCED, Verdict, evaluate,
-                                format_value, load_claims)
+from replication.claims import (INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, PAPERS, REPRODUCED,
+                                VERDICT_RULE, Verdict, evaluate, format_value, load_claims)
+from replication.config import get
 from replication.fileio import atomic_write_text, write_json
 
 log = logging.getLogger("replication")
 
-MARK = {REPRODUCED: "reproduced", NOT_REPRODUCED: "**not reproduced**", NOT_RUN: "not run"}
+MARK = {REPRODUCED: "reproduced", NOT_REPRODUCED: "**not reproduced**",
+        INCONCLUSIVE: "*inconclusive*", NOT_RUN: "not run"}
 
 
 def _cell(text: str) -> str:
@@ -34,8 +36,40 @@ def _ours(verdict: Verdict) -> str:
     return format_value(verdict.our_value)
 
 
-def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path) -> str:
+def _interval(verdict: Verdict) -> tuple[str, str]:
+    """The 95% CI and n cells."""
+    interval = verdict.interval
+    if verdict.status == NOT_RUN:
+        return "", ""
+    if verdict.claim.exact or interval.get("method") == "exact":
+        return "—", "exact"
+    if not interval:
+        return "none", "—"
+    low, high, n = interval.get("low"), interval.get("high"), interval.get("n")
+    ci = (f"[{format_value(low)}, {format_value(high)}]" if low is not None and high is not None
+          else "none")
+    unit = interval.get("unit") or ""
+    return ci, f"{n:,} {unit}".strip() if n is not None else "—"
+
+
+def _verdict(verdict: Verdict) -> str:
+    text = MARK[verdict.status]
+    if verdict.status == INCONCLUSIVE:
+        if verdict.n_needed:
+            text += f" (n needed ≈ {verdict.n_needed:,}"
+            text += f"; paper profile: {verdict.paper_n:,})" if verdict.paper_n else ")"
+        elif verdict.reason:
+            text += f" ({_cell(verdict.reason)})"
+    return text
+
+
+def counts_line(verdicts: list[Verdict]) -> str:
     counts = Counter(v.status for v in verdicts)
+    return (f"{len(verdicts)} claims: {counts[REPRODUCED]} reproduced, {counts[NOT_REPRODUCED]} "
+            f"not reproduced, {counts[INCONCLUSIVE]} inconclusive, {counts[NOT_RUN]} not run")
+
+
+def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path) -> str:
     lines = [
         "# Replication report",
         "",
@@ -43,22 +77,27 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
         "*Ours* column is read from a metrics file the pipeline wrote; the claims, with the "
         "paper's values and the tolerances, are in [`claims/`](../claims/).",
         "",
-        f"**{len(verdicts)} claims: {counts[REPRODUCED]} reproduced, "
-        f"{counts[NOT_REPRODUCED]} not reproduced, {counts[NOT_RUN]} not run.**",
+        VERDICT_RULE,
+        "",
+        f"**{counts_line(verdicts)}.**",
+        "",
     ]
+    lines += [f"- {PAPERS[paper]}: {counts_line([v for v in verdicts if v.claim.paper == paper])}"
+              for paper in PAPERS if any(v.claim.paper == paper for v in verdicts)]
     for paper, title in PAPERS.items():
         group = [v for v in verdicts if v.claim.paper == paper]
         if not group:
             continue
-        lines += ["", f"## {title}", "",
-                  "| ID | Where | Claim | Paper | Ours | Test | Verdict |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {title}", "", f"{counts_line(group)}.", "",
+                  "| ID | Where | Claim | Paper | Ours | 95% CI | n | Test | Verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for v in group:
             c = v.claim
+            ci, n = _interval(v)
             lines.append(" | ".join([
                 f"| {c.id}", _where(v, report_dir, root), _cell(c.statement),
-                format_value(c.paper_value), _ours(v), _cell(c.describe_check()),
-                f"{MARK[v.status]} |",
+                format_value(c.paper_value), _ours(v), ci, n, _cell(c.describe_check()),
+                f"{_verdict(v)} |",
             ]))
         notes = [f"- **{v.claim.id}**: {_cell(v.claim.note)}" for v in group if v.claim.note]
         if notes:
@@ -66,23 +105,47 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
     return "\n".join(lines) + "\n"
 
 
+def _record(verdict: Verdict) -> dict:
+    interval = verdict.interval
+    record = {"id": verdict.claim.id, "paper": verdict.claim.paper, "status": verdict.status,
+              "paper_value": verdict.claim.paper_value, "our_value": verdict.our_value,
+              "ci_low": interval.get("low"), "ci_high": interval.get("high"),
+              "n": interval.get("n"),
+              "method": "exact" if verdict.claim.exact else interval.get("method")}
+    if verdict.status == INCONCLUSIVE:
+        record.update(n_needed=verdict.n_needed, paper_n=verdict.paper_n,
+                      paper_n_reaches=(None if not (verdict.n_needed and verdict.paper_n)
+                                       else verdict.paper_n >= verdict.n_needed))
+    if verdict.reason:
+        record["reason"] = verdict.reason
+    return record
+
+
 def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
-                 json_path: str | os.PathLike, profile: str,
-                 root: str | os.PathLike = ".") -> list[Verdict]:
+                 json_path: str | os.PathLike, profile: str, root: str | os.PathLike = ".",
+                 paper_params: dict | None = None) -> list[Verdict]:
+    """Judge every claim and write the report; ``paper_params`` (the paper profile's effective
+    settings) gives each inconclusive claim the n the paper profile would use."""
     root, markdown = Path(root), Path(markdown)
     verdicts = [evaluate(c, root) for c in load_claims(claims_dir)]
+    for verdict in verdicts:
+        key = verdict.claim.n_setting
+        if paper_params is not None and key:
+            value = get(paper_params, key)
+            verdict.paper_n = value if isinstance(value, int) else None
     atomic_write_text(markdown, render_markdown(verdicts, profile, markdown.parent.resolve(),
                                                 root.resolve()))
-    write_json(json_path, [
-        {"id": v.claim.id, "paper": v.claim.paper, "status": v.status,
-         "paper_value": v.claim.paper_value, "our_value": v.our_value}
-        for v in verdicts
-    ])
+    write_json(json_path, [_record(v) for v in verdicts])
     return verdicts
 
 
 def run_stage(ctx) -> None:
-    """The `report` stage: every claim's verdict, as Markdown and JSON."""
+    """The `report` stage: every claim's verdict, as Markdown and JSON. It reads params.yaml
+    whole: the active profile, and the paper profile's sample sizes for the n-needed column."""
+    from replication.config import load_params
+
+    params = load_params(ctx.input("params"))
     verdicts = write_report(ctx.input("claims"), ctx.output("markdown"), ctx.output("json"),
-                            ctx.settings("profile"))
-    log.info("report: %d claims -> %s", len(verdicts), ctx.output("markdown"))
+                            params["profile"],
+                            paper_params=load_params(ctx.input("params"), "paper"))
+    log.info("report: %s -> %s", counts_line(verdicts), ctx.output("markdown"))

@@ -29,9 +29,29 @@ def check_device(value: str, where: str = "device") -> str:
 
 
 @settings
+class ArchiveDigests(Settings):
+    """The SHA-256 every supplied ILSVRC2012 archive must have (the published digests; a dry
+    run passes its synthetic archives' here). ``boxes: null``: no digest is published for the
+    box archive, so it is checked for its content only."""
+
+    val: str
+    devkit: str
+    boxes: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("val", "devkit", "boxes"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 64 or any(c not in "0123456789abcdef"
+                                                               for c in value)):
+                raise ConfigError(f"params.yaml data.ilsvrc2012.{name} is {value!r}; it must be a "
+                                  "SHA-256: 64 lower-case hex digits")
+
+
+@settings
 class DataSettings(Settings):
     validation_size: Annotated[int, Range(ge=0, le=60_000)]
     network: Network
+    ilsvrc2012: ArchiveDigests
 
 
 @settings

@@ -14,7 +14,8 @@ STAGES = [
     Stage("settings", "replication.config:run_settings_stage", params_file="params.yaml",
           outs={"out": Out("settings", cache=False, persist=True)},
           help="check params.yaml and write each stage's settings file"),
-    Stage("idx_data", "replication.data.mnist:run_stage", reads=("data",),
+    Stage("idx_data", "replication.data.mnist:run_stage",
+          reads=("data.network", "data.validation_size"),
           matrix={"dataset": MNIST_DATASETS},
           outs={"out": Out("datasets/{dataset}"),
                 "metrics": Out("metrics/data/{dataset}.json", cache=False, metric=True)},
@@ -23,8 +24,11 @@ STAGES = [
           outs={"out": Out("datasets/imagenet_sample"),
                 "metrics": Out("metrics/data/imagenet_sample.json", cache=False, metric=True)},
           help="the 1000-image ImageNet sample"),
+    Stage("sanity_images", "replication.data.sanity_images:run_stage", reads=("data.network",),
+          outs={"out": Out("datasets/sanity_checks_imagenet")},
+          help="the Sanity Checks paper's 200 ImageNet images and demo images"),
     Stage("ilsvrc2012_val", "replication.data.imagenet:run_ilsvrc2012_stage",
-          deps={"archives": "data"}, outs={"out": Out("datasets/ilsvrc2012_val", cache=False)},
+          reads=("data.ilsvrc2012",), deps={"archives": "data"}, outs={"out": Out("datasets/ilsvrc2012_val", cache=False)},
           help="ILSVRC2012 validation from your archives in data/"),
     Stage("train", "replication.training:run_training_stage",
           reads=("seed", "device", "data.validation_size", "train"),
@@ -42,7 +46,7 @@ STAGES = [
 ]
 
 REPORT = [
-    Stage("report", "replication.report:run_stage", reads=("profile",),
+    Stage("report", "replication.report:run_stage", params_file="params.yaml",
           deps={"claims": "claims", "metrics": "metrics"},
           outs={"markdown": Out("reports/replication.md", cache=False),
                 "json": Out("reports/claims.json", cache=False)},

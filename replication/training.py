@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -16,13 +17,19 @@ from tqdm.auto import tqdm
 
 from replication.data.mnist import train_validation_split
 from replication.data.tensors import mnist_tensors, permuted_labels, tensor_dataset
-from replication.errors import ConfigError
-from replication.fileio import atomic_open, write_json
 from replication.devices import lightning_devices, resolve_device
+from replication.errors import ConfigError, missing_input
+from replication.fileio import atomic_open, write_json
 from replication.models import create_model
 from replication.schema import TrainRun
 
 log = logging.getLogger("replication")
+# Lightning sets its loggers to INFO when imported: its banners, tips ("litlogger") and per-call
+# notes drown the pipeline's output. Warnings still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+# Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, once per batch.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 ARCHS = {"cnn": "mnist_cnn", "mlp": "mnist_mlp"}
 LABELS = ("true", "random")
@@ -152,6 +159,8 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
                         **lightning_devices(resolve_device(device)), logger=False, enable_checkpointing=False,
                         enable_progress_bar=progress_bar, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
+    log.info("training %s-%s-%s: %d epochs, batch %d", dataset, arch, labels, config.epochs,
+             config.batch_size)
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     seconds = time.perf_counter() - start
@@ -180,6 +189,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str) -> nn.Module:
     """The trained model of a checkpoint written by ``save_checkpoint``, in eval mode."""
     if arch not in ARCHS:
         raise ConfigError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    if not Path(path).is_file():
+        raise missing_input(path, f"the trained {arch} checkpoint")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     card = create_model(ARCHS[arch])
     card.model.load_state_dict(checkpoint["state_dict"])

@@ -7,9 +7,13 @@ import textwrap
 
 import pytest
 
-from replication.claims import NOT_REPRODUCED, NOT_RUN, REPRODUCED, evaluate, load_claims
+from replication.claims import (INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, Claim,
+                                evaluate, judge, load_claims)
 from replication.errors import ConfigError
 from replication.report import write_report
+
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
 
 
 def _write(tmp_path, claims_yaml: str, metrics: dict | None = None):
@@ -25,15 +29,18 @@ claims:
   - id: C1
     where: Fig. 6
     statement: IG ABS similarity is about 0.99
+    exact: true
     paper_value: 0.99
     check: {op: approx, tolerance: 0.1}
     ours: {file: metrics/m.json, key: ig.abs}
   - id: C2
     statement: Gradient ABS below 0.3
+    exact: true
     check: {op: "<", threshold: 0.3}
     ours: {file: metrics/m.json, key: grad.abs}
   - id: C3
     statement: test accuracy at chance
+    exact: true
     check: {op: between, threshold: [0.075, 0.125]}
     ours: {file: metrics/m.json, key: accs.1}
   - id: C4
@@ -109,12 +116,14 @@ def test_report_puts_paper_and_measured_values_side_by_side(tmp_path):
                  tmp_path / "reports" / "claims.json", "smoke", root=tmp_path)
     markdown = (tmp_path / "reports" / "replication.md").read_text()
     assert "profile **smoke**" in markdown
-    assert "5 claims: 2 reproduced, 1 not reproduced, 2 not run" in markdown
-    assert "| C1 | [Fig. 6](../figures/fig6.png) | IG ABS similarity is about 0.99 | 0.99 | 0.95 |" in markdown
+    assert "5 claims: 2 reproduced, 1 not reproduced, 0 inconclusive, 2 not run" in markdown
+    assert ("| C1 | [Fig. 6](../figures/fig6.png) | IG ABS similarity is about 0.99 | 0.99 | 0.95 "
+            "| — | exact |") in markdown
     assert "## Sanity Checks for Saliency Maps" in markdown
     records = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert records[0] == {"id": "C1", "paper": "sanity_checks", "status": "reproduced",
-                          "paper_value": 0.99, "our_value": 0.95}
+                          "paper_value": 0.99, "our_value": 0.95, "ci_low": None,
+                          "ci_high": None, "n": None, "method": "exact"}
     assert [r["status"] for r in records][3:] == ["not run", "not run"]
 
 
@@ -123,3 +132,68 @@ def test_repository_claims_are_well_formed():
 
     claims = load_claims(ROOT / "claims")
     assert claims and all(c.ours_file.startswith("metrics/") for c in claims)
+
+
+def _claim(op: str, **fields) -> Claim:
+    return Claim(id="X", paper="sanity_checks", where="", statement="", ours_file="m.json",
+                 ours_key="v", op=op, **fields)
+
+
+def _ci(low, high, n=20):
+    return {"low": low, "high": high, "n": n, "method": "bootstrap", "unit": "images"}
+
+
+@pytest.mark.parametrize("op, fields, value, interval, expected", [
+    (">", {"threshold": 0.2}, 0.3, _ci(0.25, 0.35), REPRODUCED),
+    (">", {"threshold": 0.2}, 0.1, _ci(0.05, 0.17), NOT_REPRODUCED),    # C2 as measured
+    (">", {"threshold": 0.2}, 0.22, _ci(0.15, 0.3), INCONCLUSIVE),
+    (">=", {"threshold": 0.7}, 0.648, _ci(0.56, 0.73), INCONCLUSIVE),   # C4 as measured
+    (">=", {"threshold": 0.7}, 0.75, _ci(0.7, 0.8), REPRODUCED),        # touching is on the side
+    ("<", {"threshold": 0.5}, 0.647, _ci(0.47, 0.79), INCONCLUSIVE),    # C5 as measured
+    ("<", {"threshold": 0.5}, 0.3, _ci(0.2, 0.45), REPRODUCED),
+    ("<", {"threshold": 0.5}, 0.7, _ci(0.5, 0.8), NOT_REPRODUCED),      # 0.5 is not < 0.5
+    ("<=", {"threshold": 0.5}, 0.6, _ci(0.51, 0.7), NOT_REPRODUCED),
+    ("approx", {"paper_value": 0.0, "tolerance": 0.04}, 0.022, _ci(-0.01, 0.03), REPRODUCED),
+    ("approx", {"paper_value": 0.0, "tolerance": 0.04}, 0.022, _ci(0.0, 0.06), INCONCLUSIVE),
+    ("approx", {"paper_value": 0.0, "tolerance": 0.04}, 0.2, _ci(0.1, 0.3), NOT_REPRODUCED),
+    ("between", {"threshold": [0.075, 0.125]}, 0.1, _ci(0.09, 0.11), REPRODUCED),
+    ("between", {"threshold": [0.075, 0.125]}, 0.1, _ci(0.07, 0.11), INCONCLUSIVE),
+])
+def test_the_verdict_rule_on_constructed_intervals(op, fields, value, interval, expected):
+    status, n_needed, _ = judge(_claim(op, **fields), value, interval)
+    assert status == expected
+    assert (n_needed is not None) == (expected == INCONCLUSIVE)
+
+
+def test_n_needed_shrinks_the_half_width_below_the_distance_to_the_bound():
+    status, n_needed, _ = judge(_claim(">=", threshold=0.7), 0.648, _ci(0.56, 0.73, n=12))
+    # half-width 0.085 must fall below |0.648 - 0.7| = 0.052: n = 12 * (0.085 / 0.052)^2
+    assert status == INCONCLUSIVE and n_needed == 33
+
+
+def test_a_sampled_value_with_one_unit_is_inconclusive_and_says_why():
+    status, n_needed, reason = judge(_claim(">", threshold=0.0), 0.3,
+                                     {"low": None, "high": None, "n": 1, "method": "bootstrap"})
+    assert status == INCONCLUSIVE and n_needed is None and "n = 1" in reason
+    status, _, reason = judge(_claim(">", threshold=0.0), 0.3, {})
+    assert status == INCONCLUSIVE and "no interval" in reason
+
+
+def test_exact_claims_and_equality_ignore_intervals():
+    assert judge(_claim("==", paper_value=60000), 60000, {})[0] == REPRODUCED
+    assert judge(_claim("<", threshold=1e-6, exact=True), 1e-9, {})[0] == REPRODUCED
+    assert judge(_claim("<", threshold=1e-6, exact=True), 1e-3, {})[0] == NOT_REPRODUCED
+
+
+def test_the_interval_is_read_from_beside_the_value(tmp_path):
+    _write(tmp_path, """
+    claims:
+      - id: C9
+        statement: s
+        check: {op: ">=", threshold: 0.7}
+        ours: {file: metrics/m.json, key: C4.value}
+    """, {"C4": {"value": 0.648, "value_ci": _ci(0.56, 0.73, n=12)}})
+    (claim,) = load_claims(tmp_path / "claims")
+    verdict = evaluate(claim, tmp_path)
+    assert verdict.status == INCONCLUSIVE and verdict.interval["n"] == 12
+    assert verdict.n_needed == 33

@@ -15,6 +15,9 @@ from replication.config import (PROFILES, PerModelSettings, deep_merge, effectiv
 from replication.errors import ConfigError
 from replication.settings import Count, Range, Settings, settings
 
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
+
 
 def _params(tmp_path, edit) -> object:
     """The repository's params.yaml with ``edit(raw)`` applied, written to a temporary file."""

@@ -35,6 +35,7 @@ from replication.models import create_model
 from replication.training import save_checkpoint
 
 from conftest import ROOT, stage_context
+from tolerance import FLOAT32, FLOAT64, assert_close, assert_differs, atol, network_ops
 
 MODEL = "mnist_cnn"
 BOOTSTRAP = Bootstrap(n_resamples=200, confidence=0.95, alpha=0.05)
@@ -57,6 +58,12 @@ def loaded() -> Loaded:
     references = ImageSet(torch.rand(6, 1, 28, 28, generator=g), torch.zeros(6, dtype=torch.long),
                           [f"train[{i}]" for i in range(6)], "random")
     return Loaded(MODEL, card, images, references, {"model": MODEL})
+
+
+def _cam_ops(card) -> int:
+    """Rounding of two CAMs of the MNIST CNN run in other batch shapes: the passes through the
+    network, then the weights' spatial sums over relu2's 14×14 and the map's 64 channels."""
+    return network_ops(card.model) + 3 * 14 * 14 + 64
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +184,9 @@ def test_better_than_reference_follows_the_metric_direction():
     assert bool(new.loc["insertion", "better_than_reference"])
     assert bool(new.loc["insertion", "significantly_better"])
     assert not bool(new.loc["deletion", "better_than_reference"])   # higher deletion is worse
-    assert new.loc["deletion", "difference"] == pytest.approx(0.135)
+    # A float64 mean of 8 differences of values up to 0.67.
+    assert new.loc["deletion", "difference"] == pytest.approx(0.135, abs=atol(0.67, ops=8 + 2,
+                                                                                 dtype=FLOAT64))
     reference = table[table.method == "gradcam"].iloc[0]
     assert reference["n_pairs"] == 0 and reference["better_than_reference"] is None
 
@@ -191,13 +200,16 @@ def test_saturation_curve_ends_at_one_and_alpha_star_is_on_the_grid(loaded, meth
     curves = result.curves
     assert len(curves) == 3 * (1 + 2) * 5                 # images × (black + 2 draws) × α
     ends = curves[curves["alpha"] == 1.0]["cosine"]
-    np.testing.assert_allclose(ends, 1.0, atol=1e-12)
-    assert curves["cosine"].between(-1 - 1e-9, 1 + 1e-9).all()
+    # float64 cosines of relu2's 64·14·14 activations: a dot product and two norms.
+    rounding = atol(1.0, ops=3 * 64 * 14 * 14, dtype=FLOAT64)
+    np.testing.assert_allclose(ends, 1.0, rtol=0, atol=rounding)
+    assert curves["cosine"].between(-1 - rounding, 1 + rounding).all()
     assert result.alpha_star["alpha_star"].isin([0.0, 0.25, 0.5, 0.75, 1.0]).all()
     topk = result.topk
     assert set(topk["method"]) == {"gradcam", "expected_gradcam_layer"}
     assert set(topk["fraction"]) == {0.1, 0.5, 1.0}
-    full = topk[topk["fraction"] == 1.0]                   # all channels kept: the same score
+    # All channels kept: the same forward on the same input for both methods, so exactly equal.
+    full = topk[topk["fraction"] == 1.0]
     assert full.groupby("image")["probability"].nunique().max() == 1
     aucs = saturation.channel_insertion_auc(topk)
     assert len(aucs) == 3 * 2 and aucs["auc"].between(0, 1).all()
@@ -213,6 +225,7 @@ def test_topk_ranks_the_channels_by_the_engines_weights(loaded, methods):
                           methods["expected_gradcam_layer"], loaded.references.images)
     ones, phi = method.activations_and_weights(x, targets)
     assert torch.equal(ones, torch.ones_like(phi))
+    # Exact: the same draws and passes on the same inputs; Φ · 1 is Φ.
     assert torch.equal(method.attribute(x, targets), torch.relu(phi.sum(1, keepdim=True)))
 
 
@@ -225,7 +238,8 @@ def test_smoothing_reuses_draws_across_sigma_and_reports_stability(loaded, metho
     assert result.sigma_maps.shape == (2, 2, 1, 14, 14)     # methods × σ × images × h × w
     assert set(result.stability["n_samples"]) == {1, 2}
     # The two variants are different maps (layer-EG multiplies by A(x + ε) − A(x')).
-    assert not np.allclose(result.sigma_maps[0], result.sigma_maps[1])
+    assert_differs(result.sigma_maps[0], result.sigma_maps[1],
+                   atol(result.sigma_maps[1], ops=_cam_ops(loaded.card), dtype=FLOAT32))
     assert result.stability["value"].dropna().between(-1, 1).all()
     # Common random numbers: at σ = 0 the map equals Expected Grad-CAM run directly.
     x = loaded.images.images[:1]
@@ -233,8 +247,8 @@ def test_smoothing_reuses_draws_across_sigma_and_reports_stability(loaded, metho
                           {**methods["expected_gradcam"], "sigma": 0.0},
                           loaded.references.images).attribute(
                               x, predicted_classes(loaded.card.model, x))
-    np.testing.assert_allclose(result.sigma_maps[0, 0, 0], direct[0, 0].numpy(), rtol=1e-5,
-                               atol=1e-7)
+    assert_close(result.sigma_maps[0, 0, 0], direct[0, 0], ops=_cam_ops(loaded.card),
+                 dtype=FLOAT32)
 
 
 def test_baseline_sensitivity_compares_every_pair(loaded, methods, explainer):
@@ -256,13 +270,15 @@ def test_special_cases_vanish_on_real_maps(loaded, methods):
     table = special_cases.special_cases(loaded, settings, methods)
     exact = table[table.case.isin(special_cases.REDUCTION_CASES)]
     assert set(exact["case"]) == set(special_cases.REDUCTION_CASES) and len(exact) == 3 * 2
-    assert exact["relative"].max() < 1e-5
+    # relative = max|a − b| / max|b|: other batch shapes, so float32 rounding of the passes.
+    rounding = atol(1.0, ops=_cam_ops(loaded.card), dtype=FLOAT32)
+    assert exact["relative"].max() <= rounding
     assert (exact["scale"] > 0).all()                       # not a trivially zero map
     gaps = table[table.case.str.startswith("completeness")]
     assert set(gaps["case"]) == {"completeness_black", "completeness_data"}
     assert gaps["relative"].notna().all()
     # The layer-EG variant is not Grad-CAM on this model (a diagnostic, not a reduction).
-    assert table[table.case == "configured:expected_gradcam_layer"]["relative"].min() > 1e-3
+    assert table[table.case == "configured:expected_gradcam_layer"]["relative"].min() > rounding
 
 
 def test_eg_weights_equals_gradcam_under_a_linear_head():
@@ -276,7 +292,8 @@ def test_eg_weights_equals_gradcam_under_a_linear_head():
     gc = create_method("gradcam", model, layer="1").attribute(x, [0, 2])
     egc = build_method(model, "expected_gradcam", {"layer": "1", "n_samples": 4, "sigma": 0.5},
                        refs).attribute(x, [0, 2])
-    np.testing.assert_allclose(egc, gc, rtol=1e-5, atol=1e-7)
+    # ∂y/∂A = W / 64 at every input; then a mean of 4 samples, 8×8 spatial means and 4 channels.
+    assert_close(egc, gc, ops=4 + 3 * 8 * 8 + 4, dtype=FLOAT32)
 
 
 # --------------------------------------------------------------------------------- claims
@@ -337,7 +354,7 @@ def test_claim_values_follow_the_tables_and_flip_with_the_direction():
     assert good["C7"]["value"] is None and "bounding boxes" in good["C7"]["reason"]
     assert good["C8"]["value"] == pytest.approx(good["C2"]["value"])
     assert bad["C8"]["value"] == pytest.approx(bad["C2"]["value"])
-    assert good["C9"]["value"] == pytest.approx(2e-7)       # completeness gaps excluded
+    assert good["C9"]["value"] == 2e-7          # the largest reduction gap, as given (exact)
     # The claims can stand on another configured variant: its σ sweep is flat here.
     assert claims.c5_complexity(pd.DataFrame(), ["lite"], "expected_gradcam_layer")["value"] is None
     flat = pd.DataFrame([("lite", "expected_gradcam_layer", s, "i0", "complexity", 5.0)
@@ -463,7 +480,8 @@ def test_stages_write_every_output_from_params(tmp_path, loaded):
             assert path.exists(), (stage.name, name)
     written = json.loads((tmp_path / "metrics/expected_gradcam/claims.json").read_text())
     assert set(written) >= {f"C{i}" for i in range(1, 10)}
-    assert written["C9"]["value"] < 1e-5
+    # C9 is a reduction gap: rounding only.
+    assert written["C9"]["value"] <= atol(1.0, ops=_cam_ops(loaded.card), dtype=FLOAT32)
     scores = pd.read_csv(tmp_path / TABLES["scores"])
     assert set(scores["image"]) == {"test[0]", "test[1]", "test[2]"}
     assert (tmp_path / "figures/expected_gradcam/table07_special_cases.md").is_file()

@@ -7,7 +7,11 @@ import pytest
 
 from replication.data import mnist
 from replication.data.idx import encode_idx, parse_idx
+from replication.data.tensors import mnist_tensors
 from replication.errors import DataError
+
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -64,8 +68,18 @@ def test_split_holds_out_the_first_images():
         mnist.train_validation_split(100, 100)
 
 
-def test_missing_prepared_data_says_how_to_prepare(tmp_path):
-    with pytest.raises(DataError, match="dvc repro"):
-        mnist.load(tmp_path, "train")
+def test_missing_prepared_data_names_the_path_and_commands_that_exist(tmp_path):
+    folder = tmp_path / "datasets" / "mnist"
+    for load in (mnist.load, mnist_tensors):
+        with pytest.raises(DataError) as missing:
+            load(folder, "train")
+        message = str(missing.value)
+        assert message.startswith(f"{folder} does not exist (the prepared mnist data). Run `dvc "
+                                  "repro` in the repository root")
+        assert f"mnist.prepare('mnist', '{folder}', mirror=mirror_root())" in message
+        assert "python -m replication data " not in message  # no such command
+    folder.mkdir(parents=True)
+    with pytest.raises(DataError, match=f"^{folder / 'train-images-idx3-ubyte'} does not exist"):
+        mnist.load(folder, "train")
     with pytest.raises(DataError, match="unknown split"):
         mnist.load(tmp_path, "validation")

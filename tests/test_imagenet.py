@@ -13,7 +13,11 @@ import scipy.io
 
 from conftest import leftovers
 from replication.data import imagenet
+from replication.data.tensors import ImageNetImages
 from replication.errors import ChecksumMismatch, DataError
+
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
 
 
 def test_class_index_is_sorted_wnid_position():
@@ -126,9 +130,26 @@ def test_validation_archives_are_unpacked_with_devkit_labels(tmp_path, archives)
 
 def test_validation_archive_with_wrong_digest_is_rejected(tmp_path, archives):
     folder, pins = archives
-    with pytest.raises(ChecksumMismatch, match="ILSVRC2012_img_val.tar"):
+    with pytest.raises(ChecksumMismatch, match="ILSVRC2012_img_val.tar") as err:
         imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", devkit=pins["devkit"])
     assert not (tmp_path / "out").exists()
+    message = str(err.value)
+    # one algorithm name per line, never "sha256 sha256" or "sha256 md5"
+    assert f"expected sha256 {imagenet.ILSVRC2012_VAL.digest}\n" in message
+    assert "sha256 sha256" not in message and "md5" not in message
+
+
+def test_a_devkit_pinned_by_md5_says_md5(tmp_path, archives):
+    folder, pins = archives
+    md5 = imagenet.ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "md5", "0" * 32)
+    with pytest.raises(ChecksumMismatch, match=r"expected md5 0{32}\n  actual   md5 [0-9a-f]{32}"):
+        imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", val=pins["val"], devkit=md5)
+
+
+def test_the_devkit_pin_is_the_published_sha256():
+    assert imagenet.ILSVRC2012_DEVKIT == imagenet.ArchivePin(
+        "ILSVRC2012_devkit_t12.tar.gz", "sha256",
+        "b59243268c0d266621fd587d2018f69e906fb22875aca0e295b48cafaa927953")
 
 
 def test_without_archives_the_manifest_says_so_and_experiments_fall_back(tmp_path):
@@ -141,8 +162,37 @@ def test_without_archives_the_manifest_says_so_and_experiments_fall_back(tmp_pat
         imagenet.evaluation_folder("imagenet21k", tmp_path, out)
 
 
+def test_reading_an_unprepared_folder_names_it_and_says_to_run_dvc_repro(tmp_path):
+    folder = tmp_path / "imagenet_sample"
+    with pytest.raises(DataError, match=rf"^{folder} does not exist \(the prepared ImageNet folder "
+                                        r"imagenet_sample\)\. Run `dvc repro` in the repository "
+                                        r"root.*imagenet\.prepare_sample\("):
+        imagenet.read_labels(folder)
+    folder.mkdir()
+    with pytest.raises(DataError, match=rf"^{folder / 'labels.csv'} does not exist"):
+        ImageNetImages(folder, transform=None)
+
+
 def test_only_one_archive_is_a_clear_error(tmp_path, archives):
     folder, pins = archives
     (folder / "ILSVRC2012_devkit_t12.tar.gz").unlink()
     with pytest.raises(DataError, match="devkit"):
         imagenet.prepare_ilsvrc2012_val(folder, tmp_path / "out", **pins)
+
+
+def test_the_synthetic_ilsvrc2012_prepares_like_the_real_one(tmp_path):
+    """The dry runs' archives go through the real preparation, pins passed as parameters."""
+    from synthetic_ilsvrc import DEFAULT_WNIDS, write_archives
+
+    pins = write_archives(tmp_path / "data", per_class=2)
+    manifest = imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "out", **pins)
+    assert manifest == {"available": True, "n_images": 2 * len(DEFAULT_WNIDS),
+                        "n_classes": len(DEFAULT_WNIDS)}
+    rows = imagenet.read_labels(tmp_path / "out")
+    assert {r["wnid"] for r in rows} == set(DEFAULT_WNIDS)
+    from PIL import Image
+
+    with Image.open(rows[0]["path"]) as image:
+        assert image.size == (80, 64)
+    with pytest.raises(ChecksumMismatch):  # the published pins reject the fake archives
+        imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "again")

@@ -1,121 +1,20 @@
-"""ParchGrad channel statistics: t-tests vs scipy, float32 ties, the authors' bug, GAP hooks."""
+"""The ParchGrad statistics stage: the authors' bug beside the corrected statistics, the
+summaries, the statistics sets, and the stage on a trimmed MNIST set."""
 
 from __future__ import annotations
 
-import csv
-import gzip
-import shutil
+import json
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-from torch.utils.data import DataLoader, TensorDataset
 
-from replication.attribution.channel_statistics import ChannelStatistics
-from replication.data.idx import parse_idx
-from replication.data.imagenet import SAMPLE_MIRROR_FOLDER, class_index
-from replication.errors import ConfigError, DataError
+from conftest import stage_context
+from replication.attribution import ChannelStatistics, LayerStatistics
+from replication.errors import ConfigError
 from replication.experiments.parchgrad import statistics as S
+from replication.experiments.parchgrad.statistics_checks import select_high, selection_difference
 from replication.models import create_model
-
-
-def _random_gaps(seed: int = 0, n: int = 400, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, classes, n)
-    gap = rng.normal(size=(n, 6)).astype(np.float32)
-    gap[:, 0] = 2.5                                    # constant channel: the test is undefined
-    gap[:, 1] += 0.8 * (labels == 2)                   # class 2 larger
-    gap[:, 2] = np.abs(gap[:, 2]) * (1 + labels)       # unequal variances across classes
-    gap[:, 3] = np.maximum(gap[:, 3], 0)               # ReLU-like, many zeros
-    return gap, labels
-
-
-@pytest.mark.parametrize("equal_var", [True, False])
-def test_class_log_pvalues_equal_scipy_one_sided(equal_var):
-    gap, labels = _random_gaps()
-    log_p = S.class_log_pvalues(torch.from_numpy(gap), torch.from_numpy(labels), 4, equal_var)
-    assert log_p.shape == (6, 4) and log_p.dtype == torch.float64
-    expected = np.empty((6, 4))
-    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):  # scipy, constant channel
-        for c in range(6):
-            for k in range(4):
-                x = gap[:, c].astype(np.float64)
-                p = stats.ttest_ind(x[labels == k], x[labels != k], alternative="greater",
-                                    equal_var=equal_var).pvalue
-                expected[c, k] = 0.0 if np.isnan(p) else np.log(p)
-    np.testing.assert_allclose(log_p.numpy(), expected, rtol=1e-10, atol=1e-12)
-    assert torch.all(log_p[0] == 0)                     # constant channel: p = 1
-    assert log_p[1, 2] < np.log(1e-6)                   # the shifted class is significant
-
-
-def test_absent_class_and_welch_singleton_give_p_one():
-    gap, labels = _random_gaps(n=200, classes=3)
-    labels[0] = 4                                       # class 4: one image; class 3: none
-    pooled = S.class_log_pvalues(torch.from_numpy(gap), torch.from_numpy(labels), 5, True)
-    welch = S.class_log_pvalues(torch.from_numpy(gap), torch.from_numpy(labels), 5, False)
-    assert torch.all(pooled[:, 3] == 0) and torch.all(welch[:, 3] == 0)
-    assert torch.all(welch[:, 4] == 0)                  # Welch with n = 1: undefined
-    assert torch.all(pooled[1:, 4] != 0)                # pooled with n = 1: defined
-
-
-def test_t_logsf_does_not_underflow_where_scipy_does():
-    t, df = np.array([5.0, 30.0, 60.0, 300.0]), np.array([54998.0] * 4)
-    ours = S.t_logsf(t, df)
-    assert np.isneginf(stats.t.logsf(60.0, 54998.0))     # scipy underflows
-    assert np.all(np.isfinite(ours)) and np.all(np.diff(ours) < 0)
-    np.testing.assert_allclose(ours[:2], stats.t.logsf(t[:2], df[:2]), rtol=1e-12)
-    # Just above the switch scipy is still exact; the continued fraction must agree there.
-    edge_t = np.linspace(32, 37, 10)
-    scipy_edge = stats.t.logsf(edge_t, 54998.0)
-    assert np.all(scipy_edge < S._LOGSF_SWITCH) and np.all(np.isfinite(scipy_edge))
-    np.testing.assert_allclose(S.t_logsf(edge_t, np.full(10, 54998.0)), scipy_edge, rtol=1e-10)
-
-
-def test_t_logsf_matches_high_precision_reference():
-    mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 40
-
-    def reference(t: float, nu: float) -> float:
-        t, nu = mpmath.mpf(t), mpmath.mpf(nu)
-        const = (mpmath.loggamma((nu + 1) / 2) - mpmath.loggamma(nu / 2)
-                 - mpmath.log(nu * mpmath.pi) / 2)
-        shift = (nu + 1) / 2 * mpmath.log1p(t * t / nu)
-        tail = mpmath.quad(lambda u: mpmath.exp(const - (nu + 1) / 2 * mpmath.log1p(u * u / nu)
-                                                + shift), [t, 2 * t, mpmath.inf])
-        return float(mpmath.log(tail) - shift)
-
-    for t, nu in [(100.0, 1000.0), (300.0, 49998.0)]:
-        assert S.t_logsf(np.array([t]), np.array([nu]))[0] == pytest.approx(reference(t, nu),
-                                                                            rel=1e-10)
-
-
-def _separated(n: int = 2000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two classes; channels 0 and 1 separate class 0 by ~40 and ~60 standard deviations."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 2
-    gap = torch.randn(n, 20, generator=gen)
-    gap[:, 0] += 40.0 * (labels == 0)
-    gap[:, 1] += 60.0 * (labels == 0)
-    return gap, labels
-
-
-def test_float32_mode_ties_underflowed_pvalues_and_float64_does_not():
-    gap, labels = _separated()
-    gaps = {"conv": gap}
-    exact = S.statistics_from_gaps(gaps, labels, 2, shapiro=False).layer("conv").log_p
-    tied = S.statistics_from_gaps(gaps, labels, 2, pvalue_precision="float32",
-                                  shapiro=False).layer("conv").log_p
-    assert torch.isfinite(exact[:2, 0]).all() and exact[1, 0] < exact[0, 0] < -745
-    assert torch.isneginf(tied[:2, 0]).all()            # both exactly p = 0: a tie
-    assert S.float32_underflow(exact)[:2, 0].all()
-    # Channel portion q = 1/20 selects one channel with exact p, both tied ones in float32.
-    assert S.select_high(exact, 0.05)[:, 0].sum() == 1
-    assert S.select_high(tied, 0.05)[:, 0].sum() == 2
-    summary = S.statistics_summary(ChannelStatistics("class", {"conv": S.LayerStatistics(
-        log_p=exact)}), q=0.05)
-    assert summary["layers"]["conv"]["float32_underflow"] == pytest.approx(2 / 40)
-    assert summary["layers"]["conv"]["classes_tied_beyond_q"] == 0.5
 
 
 def test_authors_bug_copies_the_last_convs_statistics():
@@ -123,108 +22,41 @@ def test_authors_bug_copies_the_last_convs_statistics():
     labels = torch.arange(300) % 3
     gaps = {name: torch.rand(300, c, generator=gen) + 0.3 * (labels == 1)[:, None]
             for name, c in (("a", 4), ("b", 6), ("last", 8))}
-    bug = S.statistics_from_gaps(gaps, labels, 3, authors_stats_bug=True, shapiro=False)
-    fixed = S.statistics_from_gaps(gaps, labels, 3, shapiro=False)
+    fixed = ChannelStatistics.from_gaps(gaps, labels, 3)
+    bug = S.authors_bug_statistics(gaps, labels, 3, fixed)
     last = bug.layer("last").log_p
     for name, c in (("a", 4), ("b", 6)):
         assert torch.equal(bug.layer(name).log_p, last[:c])
         assert not torch.equal(fixed.layer(name).log_p, last[:c])
+        assert bug.layer(name).shapiro_p is fixed.layer(name).shapiro_p  # per layer, shared
     assert torch.equal(fixed.layer("last").log_p, last)
     assert S.last_layer_copy(bug) == {"a": True, "b": True, "last": True}
     assert S.last_layer_copy(fixed) == {"a": False, "b": False, "last": True}
-    assert bug.meta["bug_source_layer"] == "last"
-    table = S.selection_difference(fixed, bug, q=0.25).set_index("layer")
+    assert bug.meta["bug_source_layer"] == "last" and bug.meta["options"]["authors_stats_bug"]
+    table = selection_difference(fixed, bug, q=0.25).set_index("layer")
     assert table.loc["last", "jaccard_mean"] == 1.0
-    assert (S.selection_difference(fixed, fixed)["jaccard_mean"] == 1.0).all()
+    assert (selection_difference(fixed, fixed)["jaccard_mean"] == 1.0).all()
 
     wide = {"a": torch.rand(300, 9, generator=gen), "last": gaps["last"]}
     with pytest.raises(ConfigError, match="more channels than the last conv"):
-        S.statistics_from_gaps(wide, labels, 3, authors_stats_bug=True)
+        S.authors_bug_statistics(wide, labels, 3, ChannelStatistics.from_gaps(wide, labels, 3))
+    instance = ChannelStatistics.from_gaps(gaps, labels, 3, "instance")
     with pytest.raises(ConfigError, match="instance mode"):
-        S.statistics_from_gaps(gaps, labels, 3, "instance", authors_stats_bug=True)
+        S.authors_bug_statistics(gaps, labels, 3, instance)
 
 
-def test_class_mode_refuses_one_image_per_class():
-    gaps = {"conv": torch.rand(10, 3)}
-    with pytest.raises(DataError, match="mode='instance'"):
-        S.statistics_from_gaps(gaps, torch.arange(10), 10, "class")
-    instance = S.statistics_from_gaps(gaps, torch.arange(10), 10, "instance")
-    assert instance.layer("conv").log_p is None
-    torch.testing.assert_close(instance.layer("conv").gap_std, gaps["conv"].double().std(0))
-
-
-def test_shapiro_matches_scipy_and_subsamples_reproducibly():
-    gen = torch.Generator().manual_seed(2)
-    gap = torch.stack([torch.randn(600, generator=gen), torch.rand(600, generator=gen) ** 4,
-                       torch.zeros(600)], dim=1)
-    p, info = S.shapiro_pvalues(gap)
-    assert p[0] == pytest.approx(stats.shapiro(gap[:, 0].double().numpy()).pvalue)
-    assert p[1] < 1e-6 and p[2] == 1.0                  # skewed; dead channel p = 1
-    assert info["n_used"] == 600 and not info["subsampled"]
-    sub_a, info_a = S.shapiro_pvalues(gap, max_samples=100, seed=3)
-    sub_b, _ = S.shapiro_pvalues(gap, max_samples=100, seed=3)
-    assert torch.equal(sub_a, sub_b) and info_a["n_used"] == 100 and info_a["subsampled"]
-    assert not torch.equal(sub_a, p)
-
-
-def test_statistics_round_trip_through_save_and_load(tmp_path):
-    gap, labels = _separated(n=200)
-    stats_ = S.statistics_from_gaps({"x": gap[:, :5], "y": gap}, labels, 2,
-                                    pvalue_precision="float32", meta={"model": "toy"})
-    path = tmp_path / "stats.pt"
-    stats_.save(path)
-    loaded = ChannelStatistics.load(path)
-    assert loaded.mode == "class" and list(loaded.layers) == ["x", "y"]
-    for name in ("x", "y"):
-        for key, value in stats_.layer(name).tensors().items():
-            assert torch.equal(getattr(loaded.layer(name), key), value), (name, key)
-    assert loaded.meta == stats_.meta and loaded.meta["model"] == "toy"
-
-
-# ----------------------------------------------------------------------------- real models
-
-@pytest.fixture(scope="module")
-def mnist_images(mirror) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first 300 MNIST training images (pixels / 255) and labels, read from the mirror."""
-    folder = mirror / "mnist"
-    images = parse_idx(gzip.decompress((folder / "train-images-idx3-ubyte.gz").read_bytes()))
-    labels = parse_idx(gzip.decompress((folder / "train-labels-idx1-ubyte.gz").read_bytes()))
-    pixels = torch.from_numpy(images[:300].astype(np.float32) / 255.0).unsqueeze(1)
-    return pixels, torch.from_numpy(labels[:300].astype(np.int64))
-
-
-def test_gather_gap_on_the_mnist_cnn(mnist_images):
-    torch.manual_seed(0)
-    card = create_model("mnist_cnn")
-    pixels, labels = mnist_images
-    loader = DataLoader(TensorDataset(pixels, labels), batch_size=64)
-    gaps, got_labels = S.gather_gap(card.model.train(), loader)
-    assert card.model.training                           # the training flag is restored
-    assert list(gaps) == ["conv1", "conv2"] and torch.equal(got_labels, labels)
-    assert gaps["conv1"].shape == (300, 32) and gaps["conv2"].shape == (300, 64)
-    assert all(g.dtype == torch.float32 and (g >= 0).all() for g in gaps.values())
-    assert (gaps["conv2"] > 0).any()
-    model, x = card.model, pixels[7:8]
-    with torch.no_grad():
-        hidden = model.pool1(model.relu1(model.conv1(x)))
-        torch.testing.assert_close(gaps["conv1"][7], torch.relu(model.conv1(x)).mean((2, 3))[0])
-        torch.testing.assert_close(gaps["conv2"][7],
-                                   torch.relu(model.conv2(hidden)).mean((2, 3))[0])
-    fast, _ = S.gather_gap(card.model, S.statistics_loader(TensorDataset(pixels, labels), 128))
-    for name in gaps:  # batch size may change the conv algorithm: close, not equal
-        torch.testing.assert_close(fast[name], gaps[name])
-    # Class statistics come out per conv.
-    stats_ = S.compute_channel_statistics(card, TensorDataset(pixels, labels), "class",
-                                          batch_size=100, statistics_set="mnist_train")
-    torch.testing.assert_close(stats_.layer("conv2").gap_mean, gaps["conv2"].double().mean(0))
-    assert stats_.layer("conv1").log_p.shape == (32, 10)
-    assert stats_.meta["model"] == "mnist_cnn" and stats_.meta["n_images"] == 300
-    assert "5,000" in stats_.meta["statistics_set"]
-    summary = S.statistics_summary(stats_, gaps)
-    assert summary["layers"]["conv2"]["channels"] == 64
-    assert 0 <= summary["shapiro_below_0.05"]["fraction"] <= 1
-    with pytest.raises(ConfigError, match="not Conv2d modules"):
-        S.gather_gap(card.model, loader, ["fc1"])
+def test_summary_counts_float32_ties():
+    labels = torch.arange(2000) % 2
+    gap = torch.randn(2000, 20, generator=torch.Generator().manual_seed(0))
+    gap[:, 0] += 40.0 * (labels == 0)                  # p underflows float32 for class 0
+    gap[:, 1] += 60.0 * (labels == 0)
+    exact = ChannelStatistics.from_gaps({"conv": gap}, labels, 2, shapiro=False).layer("conv")
+    assert S.float32_underflow(exact.log_p)[:2, 0].all()
+    assert select_high(exact.log_p, 0.05)[:, 0].sum() == 1  # exact p: one channel
+    summary = S.statistics_summary(ChannelStatistics("class", {"conv": LayerStatistics(
+        log_p=exact.log_p)}), q=0.05)
+    assert summary["layers"]["conv"]["float32_underflow"] == pytest.approx(2 / 40)
+    assert summary["layers"]["conv"]["classes_tied_beyond_q"] == 0.5
 
 
 def test_mnist_statistics_set_excludes_the_validation_split(tmp_path, mirror):
@@ -238,37 +70,26 @@ def test_mnist_statistics_set_excludes_the_validation_split(tmp_path, mirror):
     assert int(dataset[0][1]) == labels[5000]
 
 
-@pytest.fixture
-def tiny_imagenet(tmp_path, mirror):
-    """A prepared ImageNet folder (images/ + labels.csv) holding four sample images."""
-    names = sorted(p.name for p in (mirror / SAMPLE_MIRROR_FOLDER).iterdir())[:4]
-    (tmp_path / "images").mkdir()
-    with open(tmp_path / "labels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "wnid", "class_index", "class_name"])
-        for name in names:
-            shutil.copy(mirror / SAMPLE_MIRROR_FOLDER / name, tmp_path / "images" / name)
-            wnid = name.split("_", 1)[0]
-            writer.writerow([name, wnid, class_index(wnid), ""])
-    return tmp_path
+def test_statistics_stage_writes_corrected_and_bug_statistics(tmp_path, mirror):
+    """The stage on the first 300 images of the MNIST statistics set with an untrained CNN."""
+    from replication.data import mnist
 
-
-def test_instance_statistics_on_lite0(tiny_imagenet):
+    mnist.prepare("mnist", tmp_path / "mnist", mirror=mirror)
     torch.manual_seed(0)
-    card = create_model("efficientnet_lite0", pretrained=False)
-    dataset = S.imagenet_statistics_set(tiny_imagenet, card)
-    stats_ = S.compute_channel_statistics(card, dataset, "instance", batch_size=4,
-                                          statistics_set="imagenet_sample")
-    convs = S.conv_names(card.model)
-    assert list(stats_.layers) == convs and len(convs) == 49 and convs[-1] == "conv_head"
-    head = stats_.layer("conv_head")
-    assert head.log_p is None and head.gap_mean.shape == (1280,) and (head.gap_mean >= 0).all()
-    assert head.gap_std.shape == (1280,) and (head.gap_std > 0).any()
-    assert ((head.shapiro_p >= 0) & (head.shapiro_p <= 1)).all()
-    assert "degenerate" in stats_.meta["statistics_set"] and stats_.meta["n_images"] == 4
-    # The hook sees the conv output before BatchNormAct2d.
-    x = torch.stack([dataset[i][0] for i in range(4)])
-    with torch.no_grad():
-        stem = torch.relu(card.model.eval().conv_stem(x)).mean((2, 3)).double()
-    torch.testing.assert_close(stats_.layer("conv_stem").gap_mean, stem.mean(0))
-    torch.testing.assert_close(stats_.layer("conv_stem").gap_std, stem.std(0))
+    torch.save({"state_dict": create_model("mnist_cnn").model.state_dict()}, tmp_path / "cnn.pt")
+    ctx = stage_context(
+        "parchgrad_statistics", inputs={"mnist": tmp_path / "mnist", "mnist_cnn": tmp_path / "cnn.pt"},
+        outputs={"out": tmp_path / "stats", "metrics": tmp_path / "metrics"},
+        parchgrad={"models": {"mnist_cnn": {"checkpoint": "cnn.pt"}},
+                   "statistics": {"models": ["mnist_cnn"], "limit": {"mnist_cnn": 300}}})
+    S.run(ctx)
+    corrected = ChannelStatistics.load(tmp_path / "stats" / "mnist_cnn.pt")
+    bug = ChannelStatistics.load(tmp_path / "stats" / "mnist_cnn-authors-bug.pt")
+    assert corrected.mode == "class" and list(corrected.layers) == ["conv1", "conv2"]
+    assert S.last_layer_copy(bug) == {"conv1": True, "conv2": True}
+    summary = json.loads((tmp_path / "metrics" / "mnist_cnn.json").read_text())
+    assert summary["n_images"] == 300 and "limited to the first 300" in summary["fallback_note"]
+    assert list(summary["options"]) == ["equal_var", "pvalue_precision", "authors_stats_bug",
+                                        "shapiro", "shapiro_max_samples", "seed"]
+    assert summary["authors_bug"]["last_layer_copy"] == {"conv1": True, "conv2": True}
+    assert 0 <= summary["shapiro_below_0.05"]["fraction"] <= 1

@@ -15,6 +15,9 @@ import yaml
 
 from conftest import ROOT
 
+# No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
+pytestmark = pytest.mark.isa_independent
+
 BIN = Path(sys.executable).parent
 
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from replication.attribution import postprocess
 from replication.errors import ConfigError
 from replication.models.base import ModelCard
 
@@ -75,7 +76,7 @@ class Attribution(ABC):
                 targets: TargetsLike) -> Any:
         """``step(inputs, targets)`` on checked inputs, the targets as a (B,) long tensor on the
         inputs' device, the model in evaluation mode (every public step goes through here)."""
-        inputs = check_inputs(inputs, self.name)
+        inputs = check_inputs(inputs, self.name, self.card)
         targets = as_targets(targets, inputs, self.card)
         with eval_mode(self.model):
             return step(inputs.detach(), targets)
@@ -150,20 +151,51 @@ def attribute(method: str, model: ModelLike, inputs: Tensor, targets: TargetsLik
 
 # --- argument checks ----------------------------------------------------------------------------
 
-def check_inputs(inputs: Tensor, name: str = "attribution") -> Tensor:
+def check_inputs(inputs: Tensor, name: str = "attribution", card: ModelCard | None = None) -> Tensor:
+    """``inputs`` if they are a finite float batch (B, C, H, W) the model can take."""
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.ndim != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"{name}: inputs must be a float tensor (batch, channels, height, width); "
                          f"got {shape}")
+    if card is not None:
+        p = card.preprocessing
+        size = f"{p.input_size}×{p.input_size}"
+        wrong_size = card.fixed_input_size and inputs.shape[-2:] != (p.input_size, p.input_size)
+        if inputs.shape[1] != p.channels or wrong_size:
+            takes = (f"{p.channels}-channel {size} images" if card.fixed_input_size else
+                     f"{p.channels}-channel images ({size} after its preprocessing)")
+            raise ValueError(f"{name}: {card.name} takes {takes}; got inputs of shape "
+                             f"{tuple(inputs.shape)}. Prepare them with "
+                             "card.preprocessing.transform() (or card.preprocessing.normalize for "
+                             "pixel tensors in [0, 1]).")
+    # A NaN input makes the model's output NaN, yet gradients through ReLUs can stay finite:
+    # the map would look plausible.
+    bad = postprocess.non_finite_images(inputs)
+    if bad.any():
+        images = bad.nonzero().flatten().tolist()
+        shown = ", ".join(map(str, images[:10])) + (" …" if len(images) > 10 else "")
+        count = int((~torch.isfinite(inputs)).sum())
+        raise ValueError(f"{name}: {count} non-finite input value(s) (NaN or ±inf) in "
+                         f"{len(images)} of {len(inputs)} image(s), at batch index {shown}; no "
+                         "map of such an image means anything. Check how those images were "
+                         "loaded and preprocessed.")
     return inputs
 
 
 def as_targets(targets: TargetsLike, inputs: Tensor, card: ModelCard | None = None) -> Tensor:
     """Targets as a (B,) long tensor on the inputs' device; an int is used for every image."""
     batch = len(inputs)
-    if isinstance(targets, int):
+    if isinstance(targets, int) and not isinstance(targets, bool):
         targets = torch.full((batch,), targets, dtype=torch.long)
-    targets = torch.as_tensor(targets, dtype=torch.long).to(inputs.device).reshape(-1)
+    given = targets if isinstance(targets, Tensor) else torch.as_tensor(targets)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        # Converting would truncate silently: 3.7 would explain class 3.
+        preview = ", ".join(f"{v:g}" for v in given.flatten()[:4].tolist())
+        raise ValueError(f"targets must be integer class indices (Python ints or an integer "
+                         f"tensor); got {given.dtype} values [{preview}]. If they are class "
+                         "indices stored as floats, convert them deliberately, e.g. "
+                         "targets.round().long().")
+    targets = given.to(device=inputs.device, dtype=torch.long).reshape(-1)
     if targets.shape != (batch,):
         raise ValueError(f"targets must hold one class index per input: {batch} inputs, "
                          f"{targets.numel()} targets")
@@ -172,6 +204,14 @@ def as_targets(targets: TargetsLike, inputs: Tensor, card: ModelCard | None = No
         raise ValueError(f"target class indices must lie in [0, {limit or 'num_classes'}); "
                          f"got {targets.min().item()}…{targets.max().item()}")
     return targets
+
+
+def check_target_range(targets: Tensor, n_logits: int) -> None:
+    """Every target indexes one of the model's ``n_logits`` outputs (the card's check covers
+    models with a ModelCard; a bare nn.Module is checked against what it returned)."""
+    if len(targets) and int(targets.max()) >= n_logits:
+        raise ValueError(f"target class {int(targets.max())} is out of range: the model returned "
+                         f"{n_logits} logits per image, so targets must lie in [0, {n_logits})")
 
 
 def positive_int(method: str, name: str, value: Any) -> int:
@@ -243,10 +283,16 @@ def _chunks(total: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, total))
 
 
-def _target_score(logits: Tensor, targets: Tensor) -> Tensor:
+def target_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """(B,) the logit of each row's target class."""
     if logits.ndim != 2:
         raise ValueError(f"the model must return logits (batch, classes); got {tuple(logits.shape)}")
-    return logits.gather(1, targets[:, None]).sum()
+    check_target_range(targets, logits.shape[1])
+    return logits.gather(1, targets[:, None])[:, 0]
+
+
+def _target_score(logits: Tensor, targets: Tensor) -> Tensor:
+    return target_logits(logits, targets).sum()
 
 
 def input_gradients(model: nn.Module, inputs: Tensor, targets: Tensor,

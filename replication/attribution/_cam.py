@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from replication.attribution._base import (DEFAULT_INTERNAL_BATCH, Attribution, ModelLike, Passes,
                                            TargetsLike, accumulate_samples, layer_gradients,
-                                           positive_int, register_method, resolve_layer)
+                                           positive_int, register_method, resolve_layer,
+                                           target_logits)
 from replication.attribution._gradient import GuidedBackprop
 from replication.errors import ConfigError
 
@@ -173,7 +174,7 @@ class _PerturbationCAM(CAM):
             image, channel = image.to(inputs.device), channel.to(inputs.device)
             logits = forward(image, channel)
             return torch.zeros(len(image), channels, dtype=logits.dtype, device=logits.device
-                               ).scatter_(1, channel[:, None], logits.gather(1, targets[image][:, None]))
+                               ).scatter_(1, channel[:, None], target_logits(logits, targets[image])[:, None])
 
         (totals,) = accumulate_samples(len(inputs), channels, self.internal_batch_size, scores)
         return totals
@@ -214,7 +215,7 @@ class AblationCAM(_PerturbationCAM):
 
     def channel_weights(self, activations, gradients, inputs, targets):
         with torch.no_grad():
-            original = self.model(inputs).gather(1, targets[:, None])  # (B, 1)
+            original = target_logits(self.model(inputs), targets)[:, None]  # (B, 1)
 
         def ablated(image: Tensor, channel: Tensor) -> Tensor:
             replacement = activations[image].clone()

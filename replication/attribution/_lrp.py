@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from replication.attribution._base import (DEFAULT_INTERNAL_BATCH, Attribution, ModelLike,
-                                           _chunks, choice, forward_targets, positive_int,
-                                           register_method)
+                                           _chunks, check_target_range, choice, forward_targets,
+                                           positive_int, register_method)
 
 
 def batchnorm_pairs(model: nn.Module) -> list[tuple[tuple[str], str]]:
@@ -72,10 +72,12 @@ class LRP(Attribution):
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
         from zennit.attribution import Gradient as ZennitGradient
 
+        classes = self._classes(inputs)
+        check_target_range(targets, classes)
         relevance = torch.empty_like(inputs)
         for rows in _chunks(len(inputs), self.internal_batch_size):
             composite = self._composite(inputs[rows])  # box bounds take the chunk's shape
-            onehot = torch.nn.functional.one_hot(targets[rows], self._classes(inputs)).to(inputs.dtype)
+            onehot = torch.nn.functional.one_hot(targets[rows], classes).to(inputs.dtype)
             with torch.enable_grad(), forward_targets(targets[rows]), \
                     ZennitGradient(self.model, composite) as attributor:
                 _, relevance[rows] = attributor(inputs[rows].detach().requires_grad_(True),

@@ -201,5 +201,10 @@ class ParchGrad(Attribution):
                 handle.remove()
 
     def _attribute(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        if self.statistics.mode == "class":  # the hooks index the statistics by target class
+            classes = min(self.statistics.layer(name).log_p.shape[1] for name in self.convs)
+            if len(targets) and int(targets.max()) >= classes:
+                raise ValueError(f"parchgrad: target class {int(targets.max())} has no channel "
+                                 f"statistics; the class statistics cover {classes} classes")
         with self.hooks():
             return self.base._attribute(inputs, targets)

@@ -32,6 +32,11 @@ def _check(maps: Tensor) -> Tensor:
     return maps
 
 
+def non_finite_images(batch: Tensor) -> Tensor:
+    """(B,) bool: which images (or maps) of ``batch`` hold a NaN or ±inf anywhere."""
+    return ~torch.isfinite(batch).flatten(1).all(1)
+
+
 def reduce_channels(maps: Tensor, how: Reduction = "sum") -> Tensor:
     """(B, C, H, W) → (B, 1, H, W)."""
     maps = _check(maps)

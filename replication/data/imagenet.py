@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from replication.data.fetch import Network, download, unavailable
-from replication.errors import ChecksumMismatch, DataError
+from replication.errors import ChecksumMismatch, DataError, missing_input
 from replication.fileio import CHUNK, atomic_directory, atomic_write_text, sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,11 @@ def read_labels(folder: str | os.PathLike) -> list[dict]:
     folder = Path(folder)
     labels = folder / "labels.csv"
     if not labels.is_file():
-        raise DataError(f"{labels} is missing: run `dvc repro` to prepare {folder.name} first")
+        raise missing_input(folder if not folder.exists() else labels,
+                            f"the prepared ImageNet folder {folder.name}", "python -c \"from "
+                            "replication.data import imagenet, mirror_root; "
+                            f"imagenet.prepare_sample('{folder}', mirror=mirror_root())\" (the "
+                            "1000-image sample)")
     with open(labels, newline="") as handle:
         rows = list(csv.DictReader(handle))
     for row in rows:
@@ -171,12 +175,13 @@ class ArchivePin:
     digest: str
 
 
-# The image archive's SHA-256 is the one TensorFlow Datasets publishes; for the devkit only an MD5
-# is published (torchvision's), so that is what we can pin.
+# The SHA-256s published with torchvision's prototype ImageNet dataset (the image archive's is also
+# TensorFlow Datasets'; the devkit's agrees with the MD5 fa75699e90414af021442c21a62c3abf that
+# torchvision's ImageNet class checks, as several independent download scripts record both).
 ILSVRC2012_VAL = ArchivePin("ILSVRC2012_img_val.tar", "sha256",
                             "c7e06a6c0baccf06d8dbeb6577d71efff84673a5dbdd50633ab44f8ea0456ae0")
-ILSVRC2012_DEVKIT = ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "md5",
-                               "fa75699e90414af021442c21a62c3abf")
+ILSVRC2012_DEVKIT = ArchivePin("ILSVRC2012_devkit_t12.tar.gz", "sha256",
+                               "b59243268c0d266621fd587d2018f69e906fb22875aca0e295b48cafaa927953")
 N_VALIDATION_IMAGES = 50_000
 
 
@@ -186,8 +191,7 @@ def verify_archive(path: Path, pin: ArchivePin) -> None:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     if digest.hexdigest() != pin.digest:
-        raise ChecksumMismatch(pin.file, str(path), f"{pin.algorithm} {pin.digest}",
-                               f"{pin.algorithm} {digest.hexdigest()}")
+        raise ChecksumMismatch(pin.file, str(path), pin.digest, digest.hexdigest(), pin.algorithm)
 
 
 def _devkit_labels(devkit: Path) -> list[str]:
@@ -277,6 +281,10 @@ def run_sample_stage(ctx) -> None:
 
 def run_ilsvrc2012_stage(ctx) -> None:
     """The `ilsvrc2012_val` stage: the user's archives unpacked, or a manifest saying none."""
-    manifest = prepare_ilsvrc2012_val(ctx.input("archives"), ctx.output("out"))
+    digests = ctx.settings("data.ilsvrc2012")
+    manifest = prepare_ilsvrc2012_val(
+        ctx.input("archives"), ctx.output("out"),
+        val=ArchivePin(ILSVRC2012_VAL.file, "sha256", digests.val),
+        devkit=ArchivePin(ILSVRC2012_DEVKIT.file, "sha256", digests.devkit))
     if not manifest["available"]:
         log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])

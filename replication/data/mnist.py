@@ -11,7 +11,7 @@ import numpy as np
 
 from replication.data.fetch import Network, RawFile, fetch_file
 from replication.data.idx import read_idx
-from replication.errors import DataError
+from replication.errors import DataError, missing_input
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,14 @@ def load(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]
     """Images (N, 28, 28) uint8 and labels (N,) int64 of ``split`` ('train' or 'test')."""
     if split not in SPLIT_FILES:
         raise DataError(f"unknown split {split!r}; choose 'train' or 'test'")
-    images_file, labels_file = (Path(folder) / f for f in SPLIT_FILES[split])
-    for path in (images_file, labels_file):
-        if not path.is_file():
-            raise DataError(f"{path} is missing: run `dvc repro` (or `python -m replication "
-                            f"data {Path(folder).name}`) to prepare the dataset first")
+    folder = Path(folder)
+    images_file, labels_file = (folder / f for f in SPLIT_FILES[split])
+    for path in (folder, images_file, labels_file):
+        if not path.exists():
+            name = folder.name if folder.name in DATASETS else "<mnist or fashion_mnist>"
+            raise missing_input(path, f"the prepared {name} data", "python -c \"from "
+                                "replication.data import mirror_root, mnist; "
+                                f"mnist.prepare('{name}', '{folder}', mirror=mirror_root())\"")
     images, labels = read_idx(images_file), read_idx(labels_file).astype(np.int64)
     if images.ndim != 3 or labels.shape != images.shape[:1]:
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} "

@@ -52,6 +52,8 @@ def imagenet_set(folder: str | os.PathLike, card: ModelCard, count: int | None, 
                  source: str = "") -> ImageSet:
     """``include`` (file names, in order) then a seeded random choice of the other images, up to
     ``count`` in all (``None``: every image), through ``card``'s preprocessing."""
+    if count is not None and count < 0:
+        raise ValueError(f"an image count must be >= 0 (or None: all); got {count}")
     rows = imagenet.read_labels(folder)
     files = [r["file"] for r in rows]
     missing = [f for f in include if f not in files]
@@ -72,6 +74,8 @@ def mnist_set(folder: str | os.PathLike, count: int, split: str = "test",
               offset: int = 0) -> ImageSet:
     """The first ``count`` images of a split from ``offset`` (the authors' test bed: the first
     test images), pixels in [0, 1]."""
+    if count < 0 or offset < 0:  # a negative slice end would silently take almost every image
+        raise ValueError(f"count and offset must be >= 0; got {count}, {offset}")
     pixels, labels = mnist_tensors(folder, split)
     rows = slice(offset, offset + count)
     names = [f"{split}[{i}]" for i in range(offset, offset + min(count, len(labels) - offset))]

@@ -11,6 +11,8 @@ Conventions shared by every function here:
 - All perturbed copies of an image are scored in batched forwards of at most ``batch_size`` images
   under ``torch.no_grad()``; ``batch_size`` never changes a result beyond float round-off.
 - Pixel orderings break ties by raster order (stable sort), as torchcam does.
+- A map holding a NaN or ±inf scores NaN for its image in every metric: it orders no pixels (the
+  tie-break would score it like an all-zero map) and has no size.
 - Random draws come from one CPU ``torch.Generator`` per image (:func:`image_generators`), so image
   ``i``'s draws depend only on ``seed`` and ``i``: not on ``batch_size``, nor on the other images.
 - Results are float64 numpy arrays of shape (B,); the ``*_curves`` functions also return the curves.
@@ -145,6 +147,13 @@ def index_generators(seed: int | torch.Generator, n_images: int) -> list[torch.G
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
+def _nan_where_map_not_finite(maps: Tensor, *per_image: np.ndarray) -> None:
+    """Set, in place, the rows of ``per_image`` arrays of the images whose map is not finite."""
+    bad = postprocess.non_finite_images(maps).cpu().numpy()
+    for values in per_image:
+        values[bad] = np.nan
+
+
 def _ranks(pixel_map: Tensor, descending: bool = True) -> Tensor:
     """Rank of every pixel (0 = first removed/inserted); ties broken by raster order."""
     order = torch.argsort(pixel_map, dim=1, descending=descending, stable=True)
@@ -248,6 +257,7 @@ def _causal_curves(mode: Literal["insertion", "deletion"], model: nn.Module, inp
         return batch.view(-1, channels, height, width), targets[image]
 
     scores = _score_jobs(model, n_images * n_points, build, batch_size).view(n_images, n_points).numpy()
+    _nan_where_map_not_finite(maps, scores)
     fractions = counts / (height * width)
     return CausalCurves(auc=np.trapezoid(scores, fractions, axis=1), fractions=fractions, scores=scores)
 
@@ -352,7 +362,7 @@ def pixel_removal_curves(model: nn.Module, inputs: Tensor, targets: Tensor, maps
     removed_probs = removed_probs.view(n_images, n_ratios, -1)
     p_y_r = removed_probs.gather(2, targets.cpu().view(-1, 1, 1).expand(-1, n_ratios, 1)).squeeze(2)
     p_hat_r = removed_probs.gather(2, predicted.view(-1, 1, 1).expand(-1, n_ratios, 1)).squeeze(2)
-    return PixelRemovalCurves(
+    curves = PixelRemovalCurves(
         order=order,
         ratios=ratios_a,
         probability=p_y.numpy(),
@@ -361,6 +371,8 @@ def pixel_removal_curves(model: nn.Module, inputs: Tensor, targets: Tensor, maps
         accuracy=(removed_probs.argmax(-1) == targets.cpu().unsqueeze(1)).double().numpy(),
         fracdiff=(p_hat.unsqueeze(1) - p_hat_r).abs().numpy(),
     )
+    _nan_where_map_not_finite(maps, curves.aopc, curves.lodds, curves.accuracy, curves.fracdiff)
+    return curves
 
 
 def morf_aopc(model: nn.Module, inputs: Tensor, targets: Tensor, maps: Tensor, **kwargs: Any) -> np.ndarray:
@@ -493,6 +505,7 @@ def road_curves(model: nn.Module, inputs: Tensor, targets: Tensor, maps: Tensor,
     with torch.no_grad():
         original = _scores(model, inputs, targets).numpy()
     scores = _score_jobs(model, n_images * per_image, build, batch_size).view(n_images, per_image).numpy()
+    _nan_where_map_not_finite(maps, scores)
     return RoadCurves(order=order, percentages=np.asarray(percentages), probability=original, scores=scores)
 
 
@@ -584,7 +597,9 @@ def infidelity(model: nn.Module, inputs: Tensor, targets: Tensor, maps: Tensor, 
             return batch.view(-1, channels, height, width), targets[image]
 
         perturbed = _score_jobs(model, n_images * n_patches, build, batch_size, output).view(n_images, n_patches)
-        return _infidelity_loss(attr_sums, original.unsqueeze(1) - perturbed, normalize).numpy()
+        loss = _infidelity_loss(attr_sums, original.unsqueeze(1) - perturbed, normalize).numpy()
+        _nan_where_map_not_finite(maps, loss)
+        return loss
 
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1; got {n_samples}")
@@ -601,7 +616,9 @@ def infidelity(model: nn.Module, inputs: Tensor, targets: Tensor, maps: Tensor, 
 
     perturbed = _score_jobs(model, n_images * n_samples, build_gaussian, batch_size, output)
     deltas = original.unsqueeze(1) - perturbed.view(n_images, n_samples)
-    return _infidelity_loss(attr_sums, deltas, normalize).numpy()
+    loss = _infidelity_loss(attr_sums, deltas, normalize).numpy()
+    _nan_where_map_not_finite(maps, loss)
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -654,7 +671,11 @@ def max_sensitivity(explain: Explainer, inputs: Tensor, targets: Tensor, *, radi
                                  perturb_radius=radius, n_perturb_samples=n_samples, norm_ord=norm,
                                  max_examples_per_batch=min(batch_size, len(group) * n_samples))
         results.append(values.detach().double().cpu())
-    return torch.cat(results).numpy()
+    sensitivity = torch.cat(results).numpy()
+    # NaN in a map propagates through captum's max; an infinite value can only come from an
+    # infinite map, which has no size either.
+    sensitivity[np.isinf(sensitivity)] = np.nan
+    return sensitivity
 
 
 # ----------------------------------------------------------------------------------------------
@@ -679,7 +700,9 @@ def complexity(maps: Tensor, *, channel_reduction: ChannelReduction | Literal["n
     """
     m = _feature_map(maps, channel_reduction)
     p = m / m.sum(1, keepdim=True)
-    return (-(p * torch.log(p + 1e-12)).sum(1)).cpu().numpy()
+    entropy = (-(p * torch.log(p + 1e-12)).sum(1)).cpu().numpy()
+    _nan_where_map_not_finite(maps, entropy)
+    return entropy
 
 
 def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | Literal["none"] = "abs_sum") -> np.ndarray:
@@ -694,7 +717,9 @@ def sparseness(maps: Tensor, *, channel_reduction: ChannelReduction | Literal["n
     m, _ = torch.sort(m, dim=1)
     n = m.shape[1]
     i = torch.arange(1, n + 1, dtype=m.dtype, device=m.device)
-    return (((2 * i - n - 1) * m).sum(1) / (n * m.sum(1))).cpu().numpy()
+    gini = (((2 * i - n - 1) * m).sum(1) / (n * m.sum(1))).cpu().numpy()
+    _nan_where_map_not_finite(maps, gini)
+    return gini
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ Defaults follow the authors' code; options give the paper-text variants (``CONVE
 
 A correlation with a constant map (an all-zero Grad-CAM, say) is undefined: it is NaN, as
 ``scipy.stats.spearmanr`` gives, and so is SSIM with a constant map (the authors' min–max is
-0/0 there). The caller decides; ``summarize`` drops NaNs and counts them.
+0/0 there). A map holding a NaN or ±inf gives NaN too (an inf would otherwise rank as the
+largest value and give a plausible correlation). The caller decides; ``summarize`` drops NaNs
+and counts them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ def _check_pair(reference: Tensor, other: Tensor) -> None:
                          f"{tuple(reference.shape)}")
 
 
+def _nan_where_not_finite(values: np.ndarray, reference: Tensor, other: Tensor) -> np.ndarray:
+    """``values`` with NaN for every image whose reference or other map is not finite."""
+    bad = postprocess.non_finite_images(reference) | postprocess.non_finite_images(other)
+    values[bad.cpu().numpy()] = np.nan
+    return values
+
+
 def _numpy(maps: Tensor) -> np.ndarray:
     return maps.detach().to(device="cpu", dtype=torch.float64).numpy()
 
@@ -101,7 +110,7 @@ def spearman_abs(reference: Tensor, other: Tensor, percentile: float | None = 99
     _check_percentile(percentile)
     a = _numpy(postprocess.grayscale(reference, percentile)).reshape(len(reference), -1)
     b = _numpy(postprocess.grayscale(other, percentile)).reshape(len(other), -1)
-    return spearman_rows(a, b)
+    return _nan_where_not_finite(spearman_rows(a, b), reference, other)
 
 
 def spearman_diverging(reference: Tensor, other: Tensor,
@@ -115,7 +124,7 @@ def spearman_diverging(reference: Tensor, other: Tensor,
     _check_percentile(percentile)
     a = _numpy(postprocess.diverging(reference, percentile)).reshape(len(reference), -1)
     b = _numpy(postprocess.diverging(other, percentile)).reshape(len(other), -1)
-    return spearman_rows(a, b)
+    return _nan_where_not_finite(spearman_rows(a, b), reference, other)
 
 
 def _rescaled(maps: Tensor, rescale_to: tuple[float, float]) -> np.ndarray:
@@ -142,8 +151,9 @@ def ssim(reference: Tensor, other: Tensor, data_range: float = 2.0, gaussian_wei
     flat_a, flat_b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     constant = (np.ptp(flat_a, axis=1) == 0) | (np.ptp(flat_b, axis=1) == 0)
     multichannel = a.shape[1] > 1
-    values = np.full(len(a), np.nan)
-    for i in np.flatnonzero(~constant):
+    values = _nan_where_not_finite(np.zeros(len(a)), reference, other)
+    values[constant] = np.nan
+    for i in np.flatnonzero(~np.isnan(values)):
         values[i] = structural_similarity(
             a[i] if multichannel else a[i, 0], b[i] if multichannel else b[i, 0],
             channel_axis=0 if multichannel else None, data_range=data_range,
@@ -185,7 +195,8 @@ def hog_similarity(reference: Tensor, other: Tensor, correlation: Correlation = 
                           "code) or 'pearson' (paper text)")
     a = hog_features(_rescaled(reference, rescale_to), pixels_per_cell)
     b = hog_features(_rescaled(other, rescale_to), pixels_per_cell)
-    return spearman_rows(a, b) if correlation == "spearman" else pearson_rows(a, b)
+    values = spearman_rows(a, b) if correlation == "spearman" else pearson_rows(a, b)
+    return _nan_where_not_finite(values, reference, other)
 
 
 SIMILARITY_METRICS: dict[str, Callable[..., np.ndarray]] = {

@@ -1,8 +1,10 @@
 """Comparing methods over images: bootstrap confidence intervals and paired tests (deterministic).
 
-NaN values (a metric undefined for an image, e.g. the complexity of an all-zero map) are dropped
-and counted, never silently propagated: ``n`` / ``n_pairs`` say how many values were used and
-``n_dropped`` how many were not.
+NaN values (a metric undefined for an image, e.g. the complexity of an all-zero map, or any
+faithfulness score of a non-finite map) are dropped and counted, never silently propagated:
+``n`` / ``n_pairs`` say how many values were used and ``n_dropped`` how many were NaN. An
+infinite value is an error, not a NaN to drop: it is a result (e.g. the log of a probability that
+underflowed to 0) that no mean, CI or rank test can summarise, so where it arises must decide.
 """
 
 from __future__ import annotations
@@ -48,6 +50,12 @@ def _as_1d(values: object, name: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional (one value per image); got shape {array.shape}")
+    infinite = np.flatnonzero(np.isinf(array))
+    if len(infinite):
+        raise ValueError(f"{name} holds {len(infinite)} infinite value(s) (at index "
+                         f"{infinite[:10].tolist()}), which no mean, CI or rank test can summarise; "
+                         "make the metric that computed them give a finite value, or NaN where it "
+                         "is undefined (NaNs are dropped and counted)")
     return array
 
 
@@ -159,3 +167,81 @@ def compare_to_reference(scores, reference: str, higher_is_better: Mapping[str, 
     columns = [*by, "method", "reference", "n_pairs", "mean", "reference_mean", "difference",
                "ci_low", "ci_high", "p_value", "higher_is_better", "improvement"]
     return pd.DataFrame(rows, columns=columns)
+
+
+# --- intervals for claim values -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interval:
+    """A claim value with its uncertainty: ``method`` is ``"bootstrap"`` (resampling ``unit``s,
+    ``n`` of them), ``"wilson"`` (a proportion of ``n``) or ``"exact"`` (a deterministic
+    quantity: an identity, a count, a seeded toy; no interval)."""
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+    method: str = "exact"
+    unit: str = ""
+    confidence: float = 0.95
+
+    def as_json(self) -> dict:
+        """What a stage writes as ``<key>_ci`` beside the value (NaN as null)."""
+        def clean(x):
+            return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
+
+        return {"low": clean(self.low), "high": clean(self.high), "n": self.n,
+                "method": self.method, "unit": self.unit, "confidence": self.confidence}
+
+
+def exact(value: float) -> Interval:
+    return Interval(float(value), method="exact")
+
+
+def bootstrap_statistic(values, statistic, *, unit: str = "images",
+                        n_resamples: int = DEFAULT_RESAMPLES, confidence: float = 0.95,
+                        seed: int = 0, method: Method = "BCa") -> Interval:
+    """The whole ``statistic`` bootstrapped over the rows of ``values`` (one row per sampled
+    unit, e.g. an image; columns are whatever the statistic combines: methods, stages, …).
+
+    ``statistic(rows)`` takes an (n, …) array of resampled rows and returns a float, so an
+    aggregate (the least favourable mean over methods and stages, a ratio of means, a rank, a
+    median) is recomputed on every resample, not just its parts. BCa interval by default
+    (``scipy.stats.bootstrap`` over row indices: it corrects the bias of statistics such as a
+    minimum of means), the percentile interval where BCa is undefined. Fewer than 2 rows: no
+    interval. Deterministic for ``seed``.
+    """
+    _check(n_resamples, confidence)
+    rows = np.asarray(values, dtype=np.float64)
+    n = len(rows)
+    value = float(statistic(rows)) if n else float("nan")
+    if n < 2:
+        return Interval(value, None, None, n, "bootstrap", unit, confidence)
+
+    def on_indices(index: np.ndarray) -> float:
+        return float(statistic(rows[index.astype(int)]))
+
+    low = high = float("nan")
+    for attempt in dict.fromkeys([method, "percentile"]):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = stats.bootstrap((np.arange(n, dtype=float),), on_indices, vectorized=False,
+                                     n_resamples=n_resamples, confidence_level=confidence,
+                                     method=attempt, rng=np.random.default_rng(seed))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+        if np.isfinite(low) and np.isfinite(high):
+            break
+    return Interval(value, low, high, n, "bootstrap", unit, confidence)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:
+    """A proportion (e.g. a test accuracy) with its Wilson score interval."""
+    if n <= 0:
+        return Interval(float("nan"), None, None, n, "wilson", "", confidence)
+    p = successes / n
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, float(centre - half), float(centre + half), n, "wilson", "images",
+                    confidence)

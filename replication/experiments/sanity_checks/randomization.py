@@ -3,7 +3,8 @@
 Both walk ``card.randomization_blocks`` (output block first). Cascading yields "Original"
 (index 0), then stage k re-initialises ``blocks[:k]`` (Fig. 2, 4, 5, 20); independent stage
 k = 0 … n−1 re-initialises ``blocks[k]`` alone, every other block pretrained (Fig. 3, 21).
-``RandomizationOptions`` defaults to the authors' code:
+``RandomizationOptions`` (``sanity_checks.randomization`` in params.yaml) defaults to the
+authors' code:
 
 ``batchnorm``
     ``"authors_code"``: re-run the initialisers of trainable parameters only (conv/linear
@@ -41,7 +42,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,51 +52,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from replication.attribution import create_method
 from replication.errors import ConfigError
+from replication.experiments.sanity_checks.settings import RandomizationOptions
 from replication.models.base import ModelCard
-from replication.models.initializers import Initializer, check_distribution, initializer, reinitialise
+from replication.models.initializers import Initializer, initializer, reinitialise
 
-BATCHNORM_MODES = ("authors_code", "paper_text", "reset_parameters")
-DRAW_MODES = ("fresh", "nested")
 TARGET_MODES = ("predicted", "label")
 ORIGINAL = "Original"
-
-
-@dataclass(frozen=True)
-class RandomizationOptions:
-    """How blocks are re-initialised; the defaults are the authors' code (module docstring)."""
-
-    batchnorm: str = "authors_code"
-    distribution: str = "truncated_normal"
-    draws: str = "fresh"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batchnorm not in BATCHNORM_MODES:
-            raise ConfigError(f"unknown batchnorm option {self.batchnorm!r}; choose one of "
-                              f"{list(BATCHNORM_MODES)} (authors_code is the authors' code)")
-        check_distribution(self.distribution)
-        if self.batchnorm == "reset_parameters" and self.distribution != "truncated_normal":
-            raise ConfigError("batchnorm='reset_parameters' re-draws PyTorch's defaults (as "
-                              "Quantus does); distribution='uniform' applies to authors_code and "
-                              "paper_text only")
-        if self.draws not in DRAW_MODES:
-            raise ConfigError(f"unknown draws option {self.draws!r}; choose 'fresh' (the "
-                              "authors' code) or 'nested'")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any] | None) -> "RandomizationOptions":
-        """From a params.yaml mapping; an unknown key is an error, a missing one the default."""
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(params) - known:
-            raise ConfigError(f"unknown randomization option(s) {sorted(set(params) - known)}; "
-                              f"the options are {sorted(known)}")
-        return cls(**params)
-
-    def as_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,5 @@
-"""ParchGrad claim values C1–C13 (notes §4), derived from the stage tables only.
+"""ParchGrad claim values C1–C13 (notes §4), derived from the stage tables only
+(``parchgrad_claims``).
 
 ``claim_values`` returns ``{"C1": {"value": …, "detail": {…}}, …}``: ``value`` is the number (or
 boolean) a claim check in ``claims/parchgrad.yaml`` judges, ``detail`` what a reader needs to
@@ -8,47 +9,24 @@ stage the profile skips) gets ``value: null`` and a ``reason``.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from replication.errors import ConfigError, DataError
-from replication.fileio import json_safe
+from replication.experiments.parchgrad.loading import read_results, read_statistics_summaries
+from replication.experiments.parchgrad.settings import ClaimsSettings
+from replication.experiments.parchgrad.vc import ARTIFACT_MEASURES
+from replication.fileio import json_safe, write_json
 from replication.metrics import stats
 
 CLAIM_IDS = tuple(f"C{i}" for i in range(1, 14))
 OFFLINE_BOXES = ("needs ILSVRC2012 validation images, ILSVRC2012_bbox_val_v3.tgz and the paper "
                  "profile's ImageNet models (ResNet-18, VGG16-BN, EfficientNet-B0); not "
                  "available offline")
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run `dvc repro` to produce it")
-    return json.loads(path.read_text())
-
-
-def load_results(folder: str | os.PathLike) -> dict[str, pd.DataFrame]:
-    """Every CSV under ``folder`` (the stages' result folders), keyed by file stem."""
-    tables = {}
-    for path in sorted(Path(folder).rglob("*.csv")):
-        try:
-            tables[path.stem] = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            tables[path.stem] = pd.DataFrame()
-    return tables
-
-
-def load_statistics(folder: str | os.PathLike) -> dict[str, dict]:
-    """The statistics stage's summaries (``metrics/parchgrad/statistics/<model>.json``)."""
-    return {path.stem: read_json(path) for path in sorted(Path(folder).glob("*.json"))}
-
+# The result folders (stage inputs) the claims are read from.
+RESULTS = ("toys", "vc", "q_sweep", "faithfulness", "costs", "statistics_checks", "bbox")
 
 
 def _missing(reason: str) -> dict:
@@ -60,15 +38,9 @@ def _table(tables: Mapping[str, pd.DataFrame], name: str) -> pd.DataFrame | None
     return frame if frame is not None and not frame.empty else None
 
 
-def _setting(settings: Mapping, key: str) -> Any:
-    if key not in settings:
-        raise ConfigError(f"params.yaml: parchgrad.claims lacks {key!r}")
-    return settings[key]
-
-
 # --------------------------------------------------------------------------- one per claim
 
-def c1(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c1(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     sums, summary = _table(tables, "e1_toy_sums"), _table(tables, "e1_toy_summary")
     if sums is None or summary is None:
         return _missing("the toys stage did not run")
@@ -90,7 +62,7 @@ def c1(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
         "meaning": "value: angle (degrees) between Σ_total of the authors' seed and (1, 1)"}}
 
 
-def c2(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c2(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     table = _table(tables, "c2_variance_identity")
     if table is None:
         return _missing("the toys stage did not run")
@@ -105,7 +77,7 @@ def c2(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
                    "Var(S_H')/Var(S_L') = γ² over random gradients (float64)"}}
 
 
-def c3(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c3(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     table = _table(tables, "e6_q_sweep")
     if table is None:
         return _missing("the q_sweep stage did not run")
@@ -121,11 +93,11 @@ def c3(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
                    "the filter rejects (with_shapiro_filter)"}}
 
 
-def c4(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c4(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     pairs = _table(tables, "e2_pairs")
     if pairs is None:
         return _missing("the vc stage did not run")
-    model = _setting(settings, "sequential_model")
+    model = settings.sequential_model
     chosen = pairs[(pairs["model"] == model) & (pairs["hooks"] == "default")]
     if chosen.empty:
         return _missing(f"the vc stage has no default-hook rows for {model}")
@@ -162,58 +134,61 @@ def _bbox_claim(tables: Mapping[str, pd.DataFrame], settings: Mapping, model_key
     table = _table(tables, "e4_bbox")
     if table is None:
         return _missing(OFFLINE_BOXES)
-    boxes = _setting(settings, "bbox")
-    model = boxes[model_key]
-    means = _bbox_means(table, model, boxes["hooks"], float(boxes["q"]))
+    boxes = settings.bbox
+    model = getattr(boxes, model_key)
+    means = _bbox_means(table, model, boxes.hooks, float(boxes.q))
     if not means or "authors" not in means:
-        return _missing(f"no box-energy rows for {model} at {boxes['hooks']}, q = {boxes['q']} "
+        return _missing(f"no box-energy rows for {model} at {boxes.hooks}, q = {boxes.q} "
                         "with the authors' pairing")
     authors = means["authors"]
     value = authors["vc"]["mu_in_w"] if value_key == "vc" else authors.get("mu_in_w_difference")
-    detail = {"model": model, "hooks": boxes["hooks"], "q": boxes["q"], "by_pairing": means}
+    detail = {"model": model, "hooks": boxes.hooks, "q": boxes.q, "by_pairing": means}
     if "correct" in means:
         detail["correct_difference"] = means["correct"].get("mu_in_w_difference")
     return {"value": value, "detail": detail}
 
 
-def c5(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c5(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     return _bbox_claim(tables, settings, "resnet", "vc")
 
 
-def c6(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c6(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     return _bbox_claim(tables, settings, "effnet", "difference")
 
 
-def c7(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c7(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings, seed: int) -> dict:
     table = _table(tables, "e2_artifacts")
     if table is None:
         return _missing("the vc stage did not run")
-    model, hooks = _setting(settings, "skip_model"), _setting(settings, "skip_hooks")
+    model, hooks = settings.skip_model, settings.skip_hooks
     chosen = table[(table["model"] == model) & (table["hooks"] == hooks)]
     if chosen.empty:
         return _missing(f"the vc stage has no rows for {model} with hooks {hooks}")
     q = float(chosen["q"].iloc[0])
     chosen = chosen[np.isclose(chosen["q"], q)]
-    wide = chosen.pivot_table(index="image", columns="variant",
-                              values=["hf_energy", "total_variation"])
+    scores = chosen.melt(id_vars=["image", "variant"], value_vars=list(ARTIFACT_MEASURES),
+                         var_name="metric")
+    compared = stats.compare_to_reference(scores, "vc", ARTIFACT_MEASURES, by=("metric",),
+                                          method="variant", seed=seed,
+                                          n_resamples=settings.bootstrap_resamples)
+    wide = chosen.pivot_table(index="image", columns="variant", values=list(ARTIFACT_MEASURES))
     detail = {"model": model, "hooks": hooks, "q": q, "images": int(len(wide))}
-    for measure in ("hf_energy", "total_variation"):
-        zero, vc = wide[measure]["zero_pruning"].to_numpy(), wide[measure]["vc"].to_numpy()
-        result = stats.paired_comparison(zero, vc, n_resamples=2000, seed=0)
-        detail[measure] = {"zero_pruning_mean": float(np.nanmean(zero)),
-                           "vc_mean": float(np.nanmean(vc)),
-                           "mean_difference": result.mean_difference,
-                           "ci": [result.ci_low, result.ci_high], "p_value": result.p_value}
+    for measure, row in compared.set_index("metric").iterrows():
+        detail[measure] = {"zero_pruning_mean": float(np.nanmean(wide[measure]["zero_pruning"])),
+                           "vc_mean": float(np.nanmean(wide[measure]["vc"])),
+                           "mean_difference": float(row["difference"]),
+                           "ci": [float(row["ci_low"]), float(row["ci_high"])],
+                           "p_value": float(row["p_value"])}
     return {"value": detail["hf_energy"]["mean_difference"], "detail": {
         **detail, "meaning": "value: mean over images of high-frequency energy (zero pruning) "
                              "− (VC); > 0 means zero pruning has more high-frequency artifacts"}}
 
 
-def c8(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c8(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     paired = _table(tables, "e5_paired")
     if paired is None:
         return _missing("the faithfulness stage did not run")
-    model, q = _setting(settings, "faithfulness_model"), float(_setting(settings, "faithfulness_q"))
+    model, q = settings.faithfulness_model, float(settings.faithfulness_q)
     chosen = paired[(paired["model"] == model) & (paired["base"] == "gradient")
                     & np.isclose(paired["q"], q)].set_index("metric")
     if chosen.empty:
@@ -233,7 +208,7 @@ def c8(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
     return {"value": detail.get("morf_aopc_difference"), "detail": detail}
 
 
-def c9(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c9(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     summary = _table(tables, "e6_q_sweep_summary")
     if summary is None:
         return _missing("the q_sweep stage did not run")
@@ -250,11 +225,11 @@ def c9(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
                    "of decreasing q for every model"}}
 
 
-def c10(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c10(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     costs = _table(tables, "e3_costs")
     if costs is None:
         return _missing("the costs stage did not run")
-    model = _setting(settings, "cost_model")
+    model = settings.cost_model
     chosen = costs[(costs["model"] == model) & costs["provided"].astype(bool)]
     chosen = chosen.set_index("engine_method")
     if "parchgrad" not in chosen.index or "gradient" not in chosen.index:
@@ -272,8 +247,8 @@ def c10(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
     return {"value": int(chosen.loc["parchgrad", "forward_backward"]), "detail": detail}
 
 
-def c11(statistics: Mapping[str, dict], settings: Mapping) -> dict:
-    model = _setting(settings, "shapiro_model")
+def c11(statistics: Mapping[str, dict], settings: ClaimsSettings) -> dict:
+    model = settings.shapiro_model
     if model not in statistics:
         return _missing(f"no statistics summary for {model}")
     by_model = {name: s.get("shapiro_below_0.05") for name, s in statistics.items()}
@@ -287,11 +262,11 @@ def c11(statistics: Mapping[str, dict], settings: Mapping) -> dict:
                    "authors' filter)"}}
 
 
-def c12(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c12(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     selection, maps = _table(tables, "s1_bug_selection"), _table(tables, "s1_bug_maps")
     if selection is None:
         return _missing("the statistics_checks stage did not run or had no class-wise model")
-    model = _setting(settings, "bug_model")
+    model = settings.bug_model
     chosen = selection[selection["model"] == model]
     earlier = chosen[~chosen["is_last_conv"].astype(bool)]
     if earlier.empty:
@@ -314,7 +289,7 @@ def c12(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
     return {"value": float(earlier["jaccard_mean"].mean()), "detail": detail}
 
 
-def c13(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
+def c13(tables: Mapping[str, pd.DataFrame], settings: ClaimsSettings) -> dict:
     table = _table(tables, "e7_checkerboard")
     if table is None:
         return _missing("the toys stage did not run")
@@ -328,10 +303,20 @@ def c13(tables: Mapping[str, pd.DataFrame], settings: Mapping) -> dict:
 
 
 def claim_values(tables: Mapping[str, pd.DataFrame], statistics: Mapping[str, dict],
-                 settings: Mapping) -> dict:
-    """Every claim value, JSON-safe."""
-    table_claims = {"C1": c1, "C2": c2, "C3": c3, "C4": c4, "C5": c5, "C6": c6, "C7": c7,
-                    "C8": c8, "C9": c9, "C10": c10, "C12": c12, "C13": c13}
+                 settings: ClaimsSettings, seed: int) -> dict:
+    """Every claim value, JSON-safe; ``seed`` draws C7's bootstrap resamples."""
+    table_claims = {"C1": c1, "C2": c2, "C3": c3, "C4": c4, "C5": c5, "C6": c6, "C8": c8,
+                    "C9": c9, "C10": c10, "C12": c12, "C13": c13}
     values = {cid: fn(tables, settings) for cid, fn in table_claims.items()}
+    values["C7"] = c7(tables, settings, seed)
     values["C11"] = c11(statistics, settings)
     return json_safe({cid: values[cid] for cid in CLAIM_IDS}, infinity_as_string=True)
+
+
+def run(ctx) -> None:
+    """C1–C13 values from the tables into one JSON (``metrics/parchgrad/claims.json``)."""
+    tables = read_results(ctx.input(name) for name in RESULTS)
+    statistics = read_statistics_summaries(ctx.input("statistics_metrics"))
+    write_json(ctx.output("out"), claim_values(tables, statistics,
+                                               ctx.settings("parchgrad.claims"),
+                                               ctx.settings("seed")))

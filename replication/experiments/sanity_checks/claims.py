@@ -1,4 +1,5 @@
-"""Claim values of the Sanity Checks paper, derived from the experiment tables.
+"""Claim values of the Sanity Checks paper, derived from the experiment tables (the
+`sanity_claims` stage).
 
 Each function returns numbers a claim check (claims/sanity_checks.yaml) judges. The paper's
 curves are Inception v3's 17 blocks; claims naming an Inception block are mapped to positions
@@ -16,12 +17,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from replication.models import ModelCard
+from replication.claims import point_verdict, read_claims
+from replication.experiments.sanity_checks.data_randomization import pair_summary
+from replication.experiments.sanity_checks.model_randomization import CONVENTION, summarize_table
+from replication.fileio import read_table, write_json, write_table
+from replication.models import ModelCard, create_model
 
 C1_METHODS = ("input_x_gradient", "integrated_gradients")
 C1_EXTENSION = ("gradient", "smoothgrad")
@@ -198,18 +202,8 @@ def toy_claims(edge_study: pd.DataFrame, locality: pd.DataFrame,
     }
 
 
-def pair_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and population SD over images per (method, metric) of a data-randomization table."""
-    grouped = table.groupby(["method", "metric"], sort=False)["value"]
-    return grouped.agg(mean="mean", sd=lambda v: float(np.nanstd(v.to_numpy())),
-                       n=lambda v: int(v.notna().sum())).reset_index()
-
-
 def bn_study_verdicts(study: pd.DataFrame, card: ModelCard, claims: list) -> pd.DataFrame:
     """The model-randomization claims' values and verdicts under every option of the study."""
-    from replication.claims import judge
-    from replication.experiments.sanity_checks.model_randomization import summarize_table
-
     by_id = {c.id: c for c in claims}
     rows = []
     for (batchnorm, convention), group in study.groupby(["batchnorm", "convention"], sort=False):
@@ -220,28 +214,22 @@ def bn_study_verdicts(study: pd.DataFrame, card: ModelCard, claims: list) -> pd.
         for claim_id, entry in values.items():
             if claim_id in by_id:
                 rows.append({"batchnorm": batchnorm, "convention": convention, "claim": claim_id,
-                             "value": entry["value"], "verdict": judge(by_id[claim_id], entry["value"])})
+                             "value": entry["value"], "verdict": point_verdict(by_id[claim_id], entry["value"])})
     return pd.DataFrame(rows, columns=["batchnorm", "convention", "claim", "value", "verdict"])
 
 
-def run_summary(params: dict, *, results: Path, claims_dir: Path, out: Path,
-                bn_verdicts: Path) -> dict:
-    """Every claim value of the paper from the stage tables, into one JSON file."""
-    from replication.claims import load_claims
-    from replication.experiments.common import read_csv, write_csv
-    from replication.experiments.sanity_checks.model_randomization import summarize_table
-    from replication.fileio import write_json
-    from replication.models import create_model
-
-    model = params["sanity_checks"]["imagenet"]["model"]
+def run(ctx) -> None:
+    """`sanity_claims`: every claim value of the paper from the stage tables, into one JSON
+    file; and the option study's verdicts."""
+    model = ctx.settings("sanity_checks.imagenet.model")
     card = create_model(model, pretrained=False)
-    summarized = {mode: summarize_table(read_csv(results / "randomization" / f"imagenet-{mode}.csv")
+    randomization = ctx.input("randomization")
+    summarized = {mode: summarize_table(read_table(randomization / f"imagenet-{mode}.csv")
                                         .drop(columns="setup"))
                   for mode in ("cascading", "independent")}
-    convention = "authors_code"
     claims = model_randomization_claims(
-        *(t[t["convention"].isin([convention, np.nan])] for t in summarized.values()), card)
-    calibration = read_csv(results / "calibration.csv")
+        *(t[t["convention"].isin([CONVENTION, np.nan])] for t in summarized.values()), card)
+    calibration = read_table(ctx.input("calibration"))
     claims.update(calibration_claims(calibration))
     if "C2_ssim" in claims:  # "above the null": our own null, the gradient map vs a Gaussian mask
         null = calibration[(calibration["reference"] == "gradient")
@@ -249,15 +237,14 @@ def run_summary(params: dict, *, results: Path, claims_dir: Path, out: Path,
                            & (calibration["metric"] == "ssim")]["mean"]
         claims["C2_ssim"]["null"] = float(null.iloc[0]) if len(null) else None
         claims["C2_ssim"]["value"] -= claims["C2_ssim"]["null"] or 0.0
-    pairs = {path.stem: pair_summary(read_csv(path))
-             for path in sorted((results / "data_randomization").glob("*.csv"))}
+    pairs = {path.stem: pair_summary(read_table(path))
+             for path in sorted(ctx.input("data_randomization").glob("*.csv"))}
     claims.update(data_randomization_claims(pairs))
-    toys = results / "toys"
-    claims.update(toy_claims(read_csv(toys / "edge_study.csv"), read_csv(toys / "locality.csv"),
-                             read_csv(toys / "linear_identities.csv")))
-    claims["model"] = {"name": model, "profile": params["profile"]}
-    write_json(out, claims)
-    sanity_claims = [c for c in load_claims(claims_dir) if c.paper == "sanity_checks"]
-    write_csv(bn_study_verdicts(read_csv(results / "bn_study.csv"), card, sanity_claims),
-              bn_verdicts)
-    return claims
+    toys = ctx.input("toys")
+    claims.update(toy_claims(read_table(toys / "edge_study.csv"),
+                             read_table(toys / "locality.csv"),
+                             read_table(toys / "linear_identities.csv")))
+    claims["model"] = {"name": model, "profile": ctx.settings("profile")}
+    write_json(ctx.output("metrics"), claims)
+    write_table(bn_study_verdicts(read_table(ctx.input("bn_study")), card,
+                                  read_claims(ctx.input("claims"))), ctx.output("verdicts"))

@@ -1,0 +1,76 @@
+"""SIGTERM and Ctrl-C stop a stage within seconds, non-zero, and leave no output behind.
+
+Each test starts a real stage command in a subprocess with settings that would run for minutes,
+waits until it is computing, signals it and times the exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, leftovers, stage_settings
+
+DEADLINE = 10.0  # seconds from the signal to the exit
+
+
+@pytest.fixture(scope="module")
+def mnist_folder(tmp_path_factory, mirror) -> Path:
+    from replication.data import mnist
+
+    folder = tmp_path_factory.mktemp("mnist")
+    mnist.prepare("mnist", folder, mirror=mirror)
+    return folder
+
+
+def _start(args: list[str], wait_for: str, timeout: float = 120.0) -> subprocess.Popen:
+    """Start ``python -m replication …`` and return once stderr shows ``wait_for``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    process = subprocess.Popen([sys.executable, "-m", "replication", *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen, started = [], time.monotonic()
+    while time.monotonic() - started < timeout:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if wait_for in line:
+            return process
+    process.kill()
+    pytest.fail(f"the stage never reached {wait_for!r}:\n{''.join(seen)[-3000:]}")
+
+
+def _stop(process: subprocess.Popen, signum: int) -> tuple[int, float, str]:
+    time.sleep(2.0)  # inside the computation, not its set-up
+    sent = time.monotonic()
+    process.send_signal(signum)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("the stage ignored the signal for 60 s")
+    return process.returncode, time.monotonic() - sent, err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_training_stops_on_a_signal_and_writes_nothing(signum, mnist_folder, tmp_path):
+    settings = stage_settings("train", "smoke", train={"true_labels": {
+        "epochs": 50, "subset": None, "batch_size": 50}})
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(settings))
+    out = tmp_path / "out"
+    process = _start(["train", "mnist", "cnn", "true", "--settings", str(tmp_path / "train.yaml"),
+                      "--data", str(mnist_folder), "--checkpoint", str(out / "m.pt"),
+                      "--metrics", str(out / "m.json")], wait_for="training mnist-cnn-true")
+    code, seconds, err = _stop(process, signum)
+    assert code == 128 + signum, err[-2000:]
+    assert seconds < DEADLINE, f"took {seconds:.1f} s to stop"
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    assert not (out / "m.pt").exists() and not (out / "m.json").exists()
+    assert not out.exists() or leftovers(out) == []
