@@ -17,7 +17,7 @@ from replication.settings import (Count, NonNegative, NonNegativeInt, Positive, 
 
 BatchNorm = Literal["authors_code", "paper_text", "reset_parameters"]
 Distribution = Literal["truncated_normal", "uniform"]
-Draws = Literal["fresh", "nested"]
+Draws = Literal["fresh", "nested", "quantus"]  # quantus: Quantus's MPRT generator
 BATCHNORM_MODES, DISTRIBUTIONS, DRAW_MODES = get_args(BatchNorm), get_args(Distribution), \
     get_args(Draws)
 # A map's visualisation: the papers' percentile clipping (99), or null: |E|/max|E| (MNIST).
@@ -48,7 +48,7 @@ class RandomizationOptions(Settings):
                               "paper_text only")
         if self.draws not in DRAW_MODES:
             raise ConfigError(f"unknown draws option {self.draws!r}; choose 'fresh' (the "
-                              "authors' code) or 'nested'")
+                              "authors' code), 'nested' or 'quantus'")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}")
 
