@@ -26,8 +26,8 @@ import torch
 from replication.attribution import create_method
 from replication.data import mnist
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.randomization import (
-    RandomizationOptions, fully_randomized, parameter_module_blocks)
+from replication.randomization import RandomizationOptions
+from replication.randomization.reinit import fully_randomized, parameter_module_blocks
 from replication.experiments.common import mnist_set
 from replication.metrics import efficient_mprt as em
 from replication.metrics import smooth_mprt as sm

@@ -17,9 +17,9 @@ from torch import Tensor
 
 from replication.attribution import create_method, model_device
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.randomization import (
-    ORIGINAL, RandomizationOptions, Stage, cascading, explained_classes, independent,
-    parameter_module_blocks)
+from replication.randomization import RandomizationOptions
+from replication.randomization.reinit import (ORIGINAL, Stage, cascading, explained_classes,
+                                              independent, parameter_module_blocks)
 from replication.models.base import ModelCard
 
 LayerOrder = Literal["bottom_up", "top_down", "independent"]

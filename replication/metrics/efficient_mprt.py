@@ -34,8 +34,8 @@ from typing import Any, ClassVar, Final
 import numpy as np
 from torch import Tensor
 
-from replication.experiments.sanity_checks.randomization import (RandomizationOptions,
-                                                                 fully_randomized, stage_card)
+from replication.randomization import RandomizationOptions
+from replication.randomization.reinit import fully_randomized, stage_card
 from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, Targets, check_call,
                                        check_targets, explain_chunks, on_model_device,
                                        positive_int, processed, randomization_card, stage_targets)

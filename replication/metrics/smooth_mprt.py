@@ -41,7 +41,8 @@ from torch import Tensor
 
 from replication.attribution._base import image_generators
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.randomization import RandomizationOptions, stage_card
+from replication.randomization import RandomizationOptions
+from replication.randomization.reinit import stage_card
 from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, LayerOrder, Targets,
                                        check_call, check_targets, choose, explain_chunks,
                                        finite_number, on_model_device, positive_int, processed,

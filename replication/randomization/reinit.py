@@ -57,9 +57,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from replication.attribution import create_method
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.settings import RandomizationOptions
 from replication.models.base import ModelCard
 from replication.models.initializers import Initializer, initializer, reinitialise
+from replication.randomization import RandomizationOptions
 
 TARGET_MODES = ("predicted", "label")
 ORIGINAL = "Original"
