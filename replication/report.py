@@ -99,10 +99,35 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
                 format_value(c.paper_value), _ours(v), ci, n, _cell(c.describe_check()),
                 f"{_verdict(v)} |",
             ]))
+        lines += per_model_table([v for v in group if v.per_model])
         notes = [f"- **{v.claim.id}**: {_cell(v.claim.note)}" for v in group if v.claim.note]
         if notes:
             lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _short(verdict: Verdict) -> str:
+    """Value, interval and verdict in one cell."""
+    if verdict.status == NOT_RUN:
+        return f"not run ({_cell(verdict.reason)})" if verdict.reason else "not run"
+    ci, _ = _interval(verdict)
+    interval = f" {ci}" if ci not in ("—", "", "none") else ""
+    return f"{format_value(verdict.our_value)}{interval}: {_verdict(verdict)}"
+
+
+def per_model_table(verdicts: list[Verdict]) -> list[str]:
+    """The claims measured on several architectures: one column each; ⚠ where they disagree."""
+    if not verdicts:
+        return []
+    models = list(dict.fromkeys(m for v in verdicts for m in v.per_model))
+    lines = ["", "Each claim measured on every architecture (value, 95% CI: verdict); "
+                 "⚠ marks a claim whose verdict depends on the architecture.", "",
+             "| ID | " + " | ".join(models) + " | |", "|---" * (len(models) + 2) + "|"]
+    for v in verdicts:
+        cells = [_short(v.per_model[m]) if m in v.per_model else "—" for m in models]
+        lines.append(f"| {v.claim.id} | " + " | ".join(cells) +
+                     f" | {'⚠' if v.models_disagree else ''} |")
+    return lines
 
 
 def _record(verdict: Verdict) -> dict:
@@ -118,6 +143,11 @@ def _record(verdict: Verdict) -> dict:
                                        else verdict.paper_n >= verdict.n_needed))
     if verdict.reason:
         record["reason"] = verdict.reason
+    if verdict.per_model:
+        record["per_model"] = {model: {k: w for k, w in _record(v).items()
+                                       if k not in ("id", "paper", "paper_value")}
+                               for model, v in verdict.per_model.items()}
+        record["models_disagree"] = verdict.models_disagree
     return record
 
 
