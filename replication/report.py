@@ -69,10 +69,12 @@ def counts_line(verdicts: list[Verdict]) -> str:
             f"not reproduced, {counts[INCONCLUSIVE]} inconclusive, {counts[NOT_RUN]} not run")
 
 
-def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path) -> str:
-    lines = [
-        "# Replication report",
-        "",
+def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path,
+                    stand_in: bool = False) -> str:
+    lines = ["# Replication report", ""]
+    if stand_in:
+        lines += [f"> **{STAND_IN_BANNER}**", ""]
+    lines += [
         f"Written by the `report` stage of `dvc repro` (profile **{profile}**). Every value in the "
         "*Ours* column is read from a metrics file the pipeline wrote; the claims, with the "
         "paper's values and the tolerances, are in [`claims/`](../claims/).",
@@ -151,9 +153,18 @@ def _record(verdict: Verdict) -> dict:
     return record
 
 
+STAND_IN_BANNER = ("stand-in weights: pretrained weights this machine could not obtain were "
+                   "replaced by seeded random ones; every number below is meaningless (a dry run)")
+
+
+def _any_stand_in(metrics: Path) -> bool:
+    """Whether any metrics file was written by a stage that ran on stand-in weights."""
+    return any('"stand_in_weights"' in p.read_text() for p in metrics.rglob("*.json"))
+
+
 def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
                  json_path: str | os.PathLike, profile: str, root: str | os.PathLike = ".",
-                 paper_params: dict | None = None) -> list[Verdict]:
+                 paper_params: dict | None = None, stand_in: bool = False) -> list[Verdict]:
     """Judge every claim and write the report; ``paper_params`` (the paper profile's effective
     settings) gives each inconclusive claim the n the paper profile would use."""
     root, markdown = Path(root), Path(markdown)
@@ -163,8 +174,9 @@ def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
         if paper_params is not None and key:
             value = get(paper_params, key)
             verdict.paper_n = value if isinstance(value, int) else None
+    stand_in = stand_in or _any_stand_in(root / "metrics")
     atomic_write_text(markdown, render_markdown(verdicts, profile, markdown.parent.resolve(),
-                                                root.resolve()))
+                                                root.resolve(), stand_in))
     write_json(json_path, [_record(v) for v in verdicts])
     return verdicts
 
@@ -177,5 +189,6 @@ def run_stage(ctx) -> None:
     params = load_params(ctx.input("params"))
     verdicts = write_report(ctx.input("claims"), ctx.output("markdown"), ctx.output("json"),
                             params["profile"],
-                            paper_params=load_params(ctx.input("params"), "paper"))
+                            paper_params=load_params(ctx.input("params"), "paper"),
+                            stand_in=params["stand_in_weights"])
     log.info("report: %s -> %s", counts_line(verdicts), ctx.output("markdown"))

@@ -223,3 +223,12 @@ def test_a_claim_measured_on_several_architectures_gets_a_column_each(tmp_path):
            "not run (not measured in smoke) | ⚠ |" in markdown
     record = json.loads((tmp_path / "r.json").read_text())[0]
     assert record["models_disagree"] and record["per_model"]["lite1"]["status"] == NOT_REPRODUCED
+
+
+def test_a_run_on_stand_in_weights_says_so_at_the_top_of_the_report(tmp_path):
+    _write(tmp_path, CLAIMS, {"stand_in_weights": "stand-in weights: …", "ig": {"abs": 0.95},
+                              "grad": {"abs": 0.31}, "accs": [0.99, 0.1]})
+    write_report(tmp_path / "claims", tmp_path / "r.md", tmp_path / "r.json", "paper",
+                 root=tmp_path)
+    first = (tmp_path / "r.md").read_text().splitlines()[2]
+    assert first.startswith("> **stand-in weights") and "meaningless" in first
