@@ -77,6 +77,7 @@ class Stage:
     matrix: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     help: str = ""
     params_file: str | None = None  # read whole instead of a settings file (the settings stage)
+    cost: str | None = None  # "module:function": the passes its settings imply (replication.cost)
 
     @property
     def module(self) -> str:
