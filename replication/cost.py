@@ -96,6 +96,14 @@ def seconds_per_pass(models: Iterable[str], throughput: Path | None,
     return result, f"assumed {tflops:g} TFLOP/s sustained, FLOPs counted per model"
 
 
+def duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
 def render(rows: list[tuple[str, Cost]], rates: Mapping[str, tuple[float, float]],
            source: str) -> str:
     """One line per stage: passes and estimated hours, then the total."""
@@ -103,7 +111,7 @@ def render(rows: list[tuple[str, Cost]], rates: Mapping[str, tuple[float, float]
     for stage, cost in rows:
         by_stage.setdefault(stage, []).append(cost)
     lines = [f"time estimate: {source}", "",
-             "| stage | forward+backward | forward | estimated hours |", "|---|---|---|---|"]
+             "| stage | forward+backward | forward | estimated time |", "|---|---|---|---|"]
     total_fb = total_f = total_s = 0.0
     for stage, costs in by_stage.items():
         fb = sum(c.forward_backward for c in costs)
@@ -111,9 +119,9 @@ def render(rows: list[tuple[str, Cost]], rates: Mapping[str, tuple[float, float]
         seconds = sum(c.forward_backward * rates[c.model][0] + c.forward * rates[c.model][1]
                       for c in costs)
         total_fb, total_f, total_s = total_fb + fb, total_f + f, total_s + seconds
-        lines.append(f"| {stage} | {fb:,.0f} | {f:,.0f} | {seconds / 3600:.3g} |")
+        lines.append(f"| {stage} | {fb:,.0f} | {f:,.0f} | {duration(seconds)} |")
     lines.append(f"| **all** | **{total_fb:,.0f}** | **{total_f:,.0f}** | "
-                 f"**{total_s / 3600:.3g}** |")
+                 f"**{duration(total_s)}** |")
     return "\n".join(lines) + "\n"
 
 
