@@ -96,6 +96,12 @@ class Verdict:
     interval: dict = field(default_factory=dict)  # low, high, n, method, unit (the <key>_ci)
     n_needed: int | None = None
     paper_n: int | None = None  # n under the paper profile (the claim's n_setting)
+    per_model: dict[str, "Verdict"] = field(default_factory=dict)  # model -> its verdict
+
+    @property
+    def models_disagree(self) -> bool:
+        """Whether the models measured give different verdicts (not-run ones aside)."""
+        return len({v.status for v in self.per_model.values() if v.status != NOT_RUN}) > 1
 
 
 def _claim_from(entry: dict, default_paper: str, source: Path) -> Claim:
@@ -178,19 +184,36 @@ def _band(claim: Claim) -> tuple[float, float]:
 
 
 def evaluate(claim: Claim, root: str | os.PathLike = ".") -> Verdict:
+    """The claim's verdict on the value its stage wrote; where the stage measured the claim on
+    several models (``per_model`` beside the value: the ImageNet claims on every offline
+    architecture), each model's verdict too, in ``Verdict.per_model``."""
     path = Path(root) / claim.ours_file
     if not path.is_file():
         return Verdict(claim, NOT_RUN, reason=f"{claim.ours_file} was not produced in this run")
     metrics = json.loads(path.read_text())
+    verdict = _evaluate_in(claim, metrics, claim.ours_key)
+    parent, _, leaf = claim.ours_key.rpartition(".")
     try:
-        ours = lookup(metrics, claim.ours_key)
+        node = lookup(metrics, parent) if parent else metrics
     except (KeyError, IndexError, ValueError, TypeError):
-        reason = _stated_reason(metrics, claim.ours_key)
-        return Verdict(claim, NOT_RUN, reason=reason or f"{claim.ours_file} has no {claim.ours_key!r}")
+        node = None
+    per_model = node.get("per_model") if isinstance(node, dict) else None
+    if isinstance(per_model, dict):
+        verdict.per_model = {model: _evaluate_in(claim, entry, leaf)
+                             for model, entry in per_model.items()}
+    return verdict
+
+
+def _evaluate_in(claim: Claim, metrics: Any, key: str) -> "Verdict":
+    try:
+        ours = lookup(metrics, key)
+    except (KeyError, IndexError, ValueError, TypeError):
+        reason = _stated_reason(metrics, key)
+        return Verdict(claim, NOT_RUN, reason=reason or f"{claim.ours_file} has no {key!r}")
     if ours is None or (isinstance(ours, float) and math.isnan(ours)):
-        return Verdict(claim, NOT_RUN, ours, reason=_stated_reason(metrics, claim.ours_key)
+        return Verdict(claim, NOT_RUN, ours, reason=_stated_reason(metrics, key)
                        or "the stage recorded no value")
-    interval = _interval(metrics, claim.ours_key)
+    interval = _interval(metrics, key)
     status, n_needed, reason = judge(claim, ours, interval)
     return Verdict(claim, status, ours, reason=reason, interval=interval, n_needed=n_needed)
 

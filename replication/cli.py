@@ -80,6 +80,13 @@ def cmd_timings(args: argparse.Namespace) -> None:
             timings.update_readme(table)
 
 
+def cmd_cost(args: argparse.Namespace) -> None:
+    from replication import cost
+
+    print(cost.run(args.params, args.profile, Path(args.throughput) if args.throughput else None,
+                   args.tflops), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from replication.pipeline import add_stage_commands
 
@@ -100,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     dvc.add_argument("--out", default="dvc.yaml")
     dvc.add_argument("--check", action="store_true", help="only check that it is up to date")
     dvc.set_defaults(run=cmd_dvc_yaml)
+
+    cost = commands.add_parser("cost", help="the model passes each stage's settings imply, and "
+                                           "an estimate of the time")
+    cost.add_argument("--params", default="params.yaml")
+    cost.add_argument("--profile", help="smoke | quick | paper (default: the file's profile)")
+    cost.add_argument("--throughput", help="measured seconds per pass per model (JSON, "
+                                           "benchmarks/results/throughput-*.json)")
+    cost.add_argument("--tflops", type=float, default=50.0,
+                      help="assumed sustained TFLOP/s without a measurement (default 50)")
+    cost.set_defaults(run=cmd_cost)
 
     timing = commands.add_parser("timings", help="where the pipeline's time went, per stage")
     timing.add_argument("--folder", default="timings")

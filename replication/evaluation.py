@@ -44,10 +44,21 @@ def run_accuracy_stage(ctx) -> None:
                                               ctx.input("ilsvrc2012"))
     with atomic_directory(ctx.output("out")) as tmp:
         for name in section.models:
-            card = create_model(name)
+            card = create_model(name, stand_in=ctx.settings("stand_in_weights"))
             card.model.to(device)
+            ctx.stand_in = ctx.stand_in or card.stand_in
             result = imagenet_accuracy(card, folder, limit=section.accuracy_images)
             result.update(images=str(folder), fallback_note=note)
             logging.getLogger("replication").info("%s: top-1 %.4f on %d images", name,
                                                   result["top1"], result["n_images"])
             write_json(tmp / f"{name}.json", result)
+
+
+def accuracy_cost(ctx) -> list:
+    """One forward per evaluated image and model (the sample holds 1,000; ILSVRC2012 50,000)."""
+    from replication.cost import Cost
+
+    section = ctx.settings("imagenet")
+    available = 1_000 if section.source == "sample" else 50_000
+    images = min(section.accuracy_images or available, available)
+    return [Cost(name, f"top-1/top-5 on {images:,} images", 0, images) for name in section.models]

@@ -77,6 +77,7 @@ class Stage:
     matrix: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     help: str = ""
     params_file: str | None = None  # read whole instead of a settings file (the settings stage)
+    cost: str | None = None  # "module:function": the passes its settings imply (replication.cost)
 
     @property
     def module(self) -> str:
@@ -237,6 +238,7 @@ class StageContext:
         self.inputs, self.outputs = dict(inputs), dict(outputs)
         self.started = time.perf_counter()
         self.cache: dict[Any, Any] = {}
+        self.stand_in = False  # set when a model with stand-in weights was loaded
 
     def settings(self, key: str, model: str | None = None) -> Any:
         from replication.config import MODELS
@@ -269,8 +271,26 @@ class StageContext:
         return self.inputs[name]
 
     def done(self) -> None:
+        if self.stand_in:
+            self._stamp_metrics()
         written = ", ".join(str(p) for p in self.outputs.values())
         log.info("%s: wrote %s in %.1f s", self.stage.name, written, self.seconds)
+
+    def _stamp_metrics(self) -> None:
+        """Every metrics file of a run on stand-in weights says so, first thing."""
+        import json
+
+        from replication.fileio import write_json
+        from replication.models.imagenet import STAND_IN_NOTE
+
+        for name, out in self.stage.outs.items():
+            path = self.outputs[name]
+            if not (out.metric or Path(out.path).parts[0] == "metrics"):
+                continue
+            for file in ([path] if path.is_file() else sorted(path.rglob("*.json"))):
+                if file.suffix == ".json":
+                    write_json(file, {"stand_in_weights": STAND_IN_NOTE,
+                                      **json.loads(file.read_text())})
 
 
 def _lookup(tree: Mapping[str, Any], path: list[str]) -> Any:

@@ -36,10 +36,22 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", rc=STYLE)
 
 
+_STAMP: str | None = None  # a warning printed above every figure (stand-in weights)
+
+
+def stamp_figures(text: str | None) -> None:
+    """Print ``text`` above every figure saved from now on (None: nothing)."""
+    global _STAMP
+    _STAMP = text
+
+
 def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
     """``stem``.png and ``stem``.pdf, written atomically with fixed metadata; closes the figure."""
     stem = Path(stem)
     written = []
+    if _STAMP:
+        fig.text(0.5, 1.0, _STAMP, color="red", weight="bold", ha="center", va="bottom",
+                 fontsize=9, wrap=True)
     for suffix, metadata in ((".png", {"Software": None}),
                              (".pdf", {"CreationDate": None, "ModDate": None, "Producer": None,
                                        "Creator": None})):

@@ -69,10 +69,12 @@ def counts_line(verdicts: list[Verdict]) -> str:
             f"not reproduced, {counts[INCONCLUSIVE]} inconclusive, {counts[NOT_RUN]} not run")
 
 
-def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path) -> str:
-    lines = [
-        "# Replication report",
-        "",
+def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, root: Path,
+                    stand_in: bool = False) -> str:
+    lines = ["# Replication report", ""]
+    if stand_in:
+        lines += [f"> **{STAND_IN_BANNER}**", ""]
+    lines += [
         f"Written by the `report` stage of `dvc repro` (profile **{profile}**). Every value in the "
         "*Ours* column is read from a metrics file the pipeline wrote; the claims, with the "
         "paper's values and the tolerances, are in [`claims/`](../claims/).",
@@ -99,10 +101,35 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
                 format_value(c.paper_value), _ours(v), ci, n, _cell(c.describe_check()),
                 f"{_verdict(v)} |",
             ]))
+        lines += per_model_table([v for v in group if v.per_model])
         notes = [f"- **{v.claim.id}**: {_cell(v.claim.note)}" for v in group if v.claim.note]
         if notes:
             lines += ["", *notes]
     return "\n".join(lines) + "\n"
+
+
+def _short(verdict: Verdict) -> str:
+    """Value, interval and verdict in one cell."""
+    if verdict.status == NOT_RUN:
+        return f"not run ({_cell(verdict.reason)})" if verdict.reason else "not run"
+    ci, _ = _interval(verdict)
+    interval = f" {ci}" if ci not in ("—", "", "none") else ""
+    return f"{format_value(verdict.our_value)}{interval}: {_verdict(verdict)}"
+
+
+def per_model_table(verdicts: list[Verdict]) -> list[str]:
+    """The claims measured on several architectures: one column each; ⚠ where they disagree."""
+    if not verdicts:
+        return []
+    models = list(dict.fromkeys(m for v in verdicts for m in v.per_model))
+    lines = ["", "Each claim measured on every architecture (value, 95% CI: verdict); "
+                 "⚠ marks a claim whose verdict depends on the architecture.", "",
+             "| ID | " + " | ".join(models) + " | |", "|---" * (len(models) + 2) + "|"]
+    for v in verdicts:
+        cells = [_short(v.per_model[m]) if m in v.per_model else "—" for m in models]
+        lines.append(f"| {v.claim.id} | " + " | ".join(cells) +
+                     f" | {'⚠' if v.models_disagree else ''} |")
+    return lines
 
 
 def _record(verdict: Verdict) -> dict:
@@ -118,12 +145,26 @@ def _record(verdict: Verdict) -> dict:
                                        else verdict.paper_n >= verdict.n_needed))
     if verdict.reason:
         record["reason"] = verdict.reason
+    if verdict.per_model:
+        record["per_model"] = {model: {k: w for k, w in _record(v).items()
+                                       if k not in ("id", "paper", "paper_value")}
+                               for model, v in verdict.per_model.items()}
+        record["models_disagree"] = verdict.models_disagree
     return record
+
+
+STAND_IN_BANNER = ("stand-in weights: pretrained weights this machine could not obtain were "
+                   "replaced by seeded random ones; every number below is meaningless (a dry run)")
+
+
+def _any_stand_in(metrics: Path) -> bool:
+    """Whether any metrics file was written by a stage that ran on stand-in weights."""
+    return any('"stand_in_weights"' in p.read_text() for p in metrics.rglob("*.json"))
 
 
 def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
                  json_path: str | os.PathLike, profile: str, root: str | os.PathLike = ".",
-                 paper_params: dict | None = None) -> list[Verdict]:
+                 paper_params: dict | None = None, stand_in: bool = False) -> list[Verdict]:
     """Judge every claim and write the report; ``paper_params`` (the paper profile's effective
     settings) gives each inconclusive claim the n the paper profile would use."""
     root, markdown = Path(root), Path(markdown)
@@ -133,8 +174,9 @@ def write_report(claims_dir: str | os.PathLike, markdown: str | os.PathLike,
         if paper_params is not None and key:
             value = get(paper_params, key)
             verdict.paper_n = value if isinstance(value, int) else None
+    stand_in = stand_in or _any_stand_in(root / "metrics")
     atomic_write_text(markdown, render_markdown(verdicts, profile, markdown.parent.resolve(),
-                                                root.resolve()))
+                                                root.resolve(), stand_in))
     write_json(json_path, [_record(v) for v in verdicts])
     return verdicts
 
@@ -147,5 +189,6 @@ def run_stage(ctx) -> None:
     params = load_params(ctx.input("params"))
     verdicts = write_report(ctx.input("claims"), ctx.output("markdown"), ctx.output("json"),
                             params["profile"],
-                            paper_params=load_params(ctx.input("params"), "paper"))
+                            paper_params=load_params(ctx.input("params"), "paper"),
+                            stand_in=params["stand_in_weights"])
     log.info("report: %s -> %s", counts_line(verdicts), ctx.output("markdown"))

@@ -86,6 +86,10 @@ class Params(Settings):
     profile: Literal["smoke", "quick", "paper"]
     seed: Seed
     device: str = "auto"
+    # Replace pretrained weights that cannot be obtained by seeded random ones (dry runs of the
+    # paper profile without internet). Every number is then meaningless, and every metrics
+    # file, figure and the report say so. Never on by default.
+    stand_in_weights: bool = False
     data: DataSettings
     imagenet: ImageNetSettings
     train: TrainSettings

@@ -211,3 +211,16 @@ def run_training_stage(ctx) -> dict:
     log.info("%s-%s-%s: train %.4f, test %.4f in %.0f s", dataset, arch, labels,
              metrics["train_acc"], metrics["test_acc"], metrics["seconds"])
     return metrics
+
+
+def training_cost(ctx) -> list:
+    """Passes of one training run: every epoch over the training images, then one evaluation
+    pass over the train, validation and test splits."""
+    from replication.cost import Cost
+
+    arch, labels = ctx.item["arch"], ctx.item["labels"]
+    config = getattr(ctx.settings("train"), f"{labels}_labels")
+    validation = ctx.settings("data.validation_size")
+    n_train = config.subset or 60_000 - validation
+    return [Cost(ARCHS[arch], f"{labels} labels: {config.epochs} epochs × {n_train:,} images",
+                 config.epochs * n_train, n_train + validation + 10_000)]

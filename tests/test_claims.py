@@ -197,3 +197,38 @@ def test_the_interval_is_read_from_beside_the_value(tmp_path):
     verdict = evaluate(claim, tmp_path)
     assert verdict.status == INCONCLUSIVE and verdict.interval["n"] == 12
     assert verdict.n_needed == 33
+
+
+def test_a_claim_measured_on_several_architectures_gets_a_column_each(tmp_path):
+    _write(tmp_path, """
+    claims:
+      - id: C4
+        statement: s
+        check: {op: ">=", threshold: 0.7}
+        ours: {file: metrics/m.json, key: C4.value}
+    """, {"C4": {"value": 0.75, "value_ci": _ci(0.71, 0.8),
+                 "per_model": {"lite0": {"value": 0.75, "value_ci": _ci(0.71, 0.8)},
+                               "lite1": {"value": 0.5, "value_ci": _ci(0.4, 0.6)},
+                               "lite2": {"reason": "not measured in smoke"}}}})
+    verdicts = write_report(tmp_path / "claims", tmp_path / "r.md", tmp_path / "r.json", "quick",
+                            root=tmp_path)
+    (verdict,) = verdicts
+    assert verdict.status == REPRODUCED
+    assert {m: v.status for m, v in verdict.per_model.items()} == {
+        "lite0": REPRODUCED, "lite1": NOT_REPRODUCED, "lite2": NOT_RUN}
+    assert verdict.models_disagree
+    markdown = (tmp_path / "r.md").read_text()
+    assert "| ID | lite0 | lite1 | lite2 | |" in markdown
+    assert "| C4 | 0.75 [0.71, 0.8]: reproduced | 0.5 [0.4, 0.6]: **not reproduced** | " \
+           "not run (not measured in smoke) | ⚠ |" in markdown
+    record = json.loads((tmp_path / "r.json").read_text())[0]
+    assert record["models_disagree"] and record["per_model"]["lite1"]["status"] == NOT_REPRODUCED
+
+
+def test_a_run_on_stand_in_weights_says_so_at_the_top_of_the_report(tmp_path):
+    _write(tmp_path, CLAIMS, {"stand_in_weights": "stand-in weights: …", "ig": {"abs": 0.95},
+                              "grad": {"abs": 0.31}, "accs": [0.99, 0.1]})
+    write_report(tmp_path / "claims", tmp_path / "r.md", tmp_path / "r.json", "paper",
+                 root=tmp_path)
+    first = (tmp_path / "r.md").read_text().splitlines()[2]
+    assert first.startswith("> **stand-in weights") and "meaningless" in first

@@ -382,7 +382,7 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
     assert values["C1"]["detail"]["sum_total"][0] == pytest.approx(0.225, abs=5e-4)
     # C2: float64 variances of 7×7 sums over 16 channels and the scales' steps, plus ParchGrad's
     # ε = 1e-13 in M and N, relative to the smallest variance of the cases the toys stage ran.
-    toys_table = parchgrad_toys.variance_identity_table(seeds=range(2), gammas=[math.inf, 2.0])
+    toys_table = toys.variance_identity_table(seeds=range(2), gammas=[math.inf, 2.0])
     epsilon_effect = 2e-13 / toys_table[["M", "N"]].to_numpy().min()
     assert values["C2"]["value"] <= atol(1.0, ops=7 * 7 + 16 + 8, dtype=FLOAT64) + epsilon_effect
     # C13: the checkerboard's two backward convolutions (12·7·7 and 64·7·7 terms), then ÷ k.

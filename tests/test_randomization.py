@@ -12,9 +12,8 @@ from torch import nn
 
 from replication.attribution import create_method
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.randomization import (cascading, explain,
-                                                                 explained_classes, independent)
-from replication.experiments.sanity_checks.settings import RandomizationOptions
+from replication.randomization.reinit import cascading, explain, explained_classes, independent
+from replication.randomization import RandomizationOptions
 from replication.models import create_model
 from replication.models.base import ModelCard
 from replication.models.initializers import (available_initializers, initializer, reinitialise,

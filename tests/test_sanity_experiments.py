@@ -26,8 +26,8 @@ from replication.experiments.sanity_checks.model_randomization import (randomiza
                                                                        run_randomization,
                                                                        similarity_panels,
                                                                        summarize_table)
-from replication.experiments.sanity_checks.settings import (RandomizationOptions, SanityChecks,
-                                                            SimilaritySettings)
+from replication.experiments.sanity_checks.settings import SanityChecks, SimilaritySettings
+from replication.randomization import RandomizationOptions
 from replication.experiments.sanity_checks.toys import linear_identities
 from replication.fileio import read_table
 from replication.metrics.similarity import CALIBRATION_METRICS

@@ -94,6 +94,20 @@ def trained_mnist_model(checkpoint: str | os.PathLike, arch: str) -> ModelCard:
     return card
 
 
+def imagenet_card(ctx, name: str) -> ModelCard:
+    """ImageNet model ``name`` for a stage, loaded once, on the stage's device. Where its
+    pretrained weights cannot be obtained and the stage's settings allow stand-ins
+    (``stand_in_weights``), a seeded stand-in replaces them, and the stage's metrics say so."""
+    key = ("imagenet_card", name)
+    if key not in ctx.cache:
+        card = create_model(name, stand_in=ctx.settings("stand_in_weights"))
+        card.model.eval().to(stage_device(ctx))
+        if card.stand_in:
+            ctx.stand_in = True
+        ctx.cache[key] = card
+    return ctx.cache[key]
+
+
 @torch.no_grad()
 def predicted_classes(model: torch.nn.Module, images: Tensor, batch_size: int = 64) -> Tensor:
     """The model's top class of each image (on the CPU), batches run where the model is."""

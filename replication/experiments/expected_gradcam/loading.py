@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from replication.data import imagenet
-from replication.experiments.common import (ImageSet, imagenet_set, mnist_set,
+from replication.experiments.common import (ImageSet, imagenet_card, imagenet_set, mnist_set,
                                             predicted_classes, stage_device, trained_mnist_model)
-from replication.models import ModelCard, create_model
+from replication.models import ModelCard
 
 log = logging.getLogger("replication")
 
@@ -73,7 +73,7 @@ def load(ctx, name: str) -> Loaded:
                                      f"{options.reference_offset} (after the validation split)",
                        "checkpoint": str(ctx.input("mnist_checkpoint"))}
     else:
-        card = create_model(name)
+        card = imagenet_card(ctx, name)
         folder, note = imagenet.evaluation_folder(ctx.settings("imagenet.source"),
                                                   ctx.input("imagenet_sample"),
                                                   ctx.input("ilsvrc2012"))

@@ -15,7 +15,7 @@ RESULTS, METRICS = "results/expected_gradcam", "metrics/expected_gradcam"
 DATA = {"imagenet_sample": "datasets/imagenet_sample", "ilsvrc2012": "datasets/ilsvrc2012_val",
         "mnist": "datasets/mnist", "mnist_checkpoint": "models/mnist-cnn-true.pt"}
 # Settings every experiment reads (models, images, device, engine parameters).
-COMMON = ("seed", "device", "imagenet.source", "expected_gradcam.run_models",
+COMMON = ("seed", "device", "stand_in_weights", "imagenet.source", "expected_gradcam.run_models",
           "expected_gradcam.threads", "expected_gradcam.data", "expected_gradcam.methods")
 # The tables the experiments write, by the name each stage gives them (the claims and the
 # figures read them under the same names).

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from replication.experiments.common import stage_explainer
-from replication.experiments.sanity_checks.randomization import explained_classes
+from replication.randomization.reinit import explained_classes
 from replication.experiments.sanity_checks.setups import imagenet_images
 from replication.fileio import write_table
 from replication.metrics.similarity import CALIBRATION_METRICS, null_calibration

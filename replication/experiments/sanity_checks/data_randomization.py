@@ -20,7 +20,7 @@ from replication.experiments.common import (Explainer, ImageSet, mnist_set, stag
 from replication.experiments.sanity_checks.model_randomization import (MNIST_TITLES,
                                                                        table_methods,
                                                                        visualisations)
-from replication.experiments.sanity_checks.randomization import explained_classes
+from replication.randomization.reinit import explained_classes
 from replication.experiments.sanity_checks.settings import SimilaritySettings
 from replication.experiments.sanity_checks.setups import methods_for
 from replication.fileio import write_json, write_npz, write_table

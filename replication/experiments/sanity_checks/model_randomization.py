@@ -20,12 +20,11 @@ from torch import Tensor
 from replication.attribution import method_label, postprocess
 from replication.experiments.common import (Explainer, ImageSet, mnist_set, stage_explainer,
                                             trained_mnist_model)
-from replication.experiments.sanity_checks.randomization import (cascading, explained_classes,
-                                                                 independent, stage_card)
-from replication.experiments.sanity_checks.settings import (ImageNetExperiment,
-                                                            MnistExperiment,
-                                                            RandomizationOptions,
+from replication.experiments.sanity_checks.settings import (ImageNetExperiment, MnistExperiment,
                                                             SimilaritySettings)
+from replication.randomization import RandomizationOptions
+from replication.randomization.reinit import (cascading, explained_classes, independent,
+                                              stage_card)
 from replication.experiments.sanity_checks.setups import imagenet_images, methods_for
 from replication.fileio import write_json, write_npz, write_table
 from replication.metrics.similarity import compare

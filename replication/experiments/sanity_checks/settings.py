@@ -9,48 +9,16 @@ stays light.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from replication.errors import ConfigError
+from replication.randomization import BatchNorm, RandomizationOptions
 from replication.settings import (Count, NonNegative, NonNegativeInt, Positive, PositiveInt,
                                   Range, Seed, Settings, settings)
 
-BatchNorm = Literal["authors_code", "paper_text", "reset_parameters"]
-Distribution = Literal["truncated_normal", "uniform"]
-Draws = Literal["fresh", "nested"]
-BATCHNORM_MODES, DISTRIBUTIONS, DRAW_MODES = get_args(BatchNorm), get_args(Distribution), \
-    get_args(Draws)
 # A map's visualisation: the papers' percentile clipping (99), or null: |E|/max|E| (MNIST).
 Percentile = Annotated[float | None, Range(gt=0, le=100)]
 Methods = dict[str, dict[str, Any]]  # engine method name -> its parameters
-
-
-@settings
-class RandomizationOptions(Settings):
-    """How blocks are re-initialised; the defaults are the authors' code (the options are
-    described in ``sanity_checks.randomization``, the module that applies them)."""
-
-    batchnorm: BatchNorm = "authors_code"
-    distribution: Distribution = "truncated_normal"
-    draws: Draws = "fresh"
-    seed: Seed = 0  # the random weights' own seed: redraw them with the same images
-
-    def __post_init__(self) -> None:  # also checks objects built in code, not from params
-        if self.batchnorm not in BATCHNORM_MODES:
-            raise ConfigError(f"unknown batchnorm option {self.batchnorm!r}; choose one of "
-                              f"{list(BATCHNORM_MODES)} (authors_code is the authors' code)")
-        if self.distribution not in DISTRIBUTIONS:
-            raise ConfigError(f"unknown re-initialisation distribution {self.distribution!r}; "
-                              f"choose one of {list(DISTRIBUTIONS)}")
-        if self.batchnorm == "reset_parameters" and self.distribution != "truncated_normal":
-            raise ConfigError("batchnorm='reset_parameters' re-draws PyTorch's defaults (as "
-                              "Quantus does); distribution='uniform' applies to authors_code and "
-                              "paper_text only")
-        if self.draws not in DRAW_MODES:
-            raise ConfigError(f"unknown draws option {self.draws!r}; choose 'fresh' (the "
-                              "authors' code) or 'nested'")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer; got {self.seed!r}")
 
 
 @settings
@@ -198,7 +166,7 @@ class SanityChecks(Settings):
                                   f"choose from {list(self.imagenet.methods)}")
 
 
-__all__ = ["BATCHNORM_MODES", "DISTRIBUTIONS", "DRAW_MODES", "BnStudy", "Calibration",
+__all__ = ["BnStudy", "Calibration",
            "DataRandomization", "Gallery", "ImageNetExperiment", "Independent",
-           "MnistExperiment", "RandomizationOptions", "SanityChecks", "SimilarityByMaps",
+           "MnistExperiment", "SanityChecks", "SimilarityByMaps",
            "SimilaritySettings", "Toys", "check_methods"]

@@ -27,9 +27,14 @@ authors' code:
     every block it randomises, so the top block's random weights differ between stages.
     ``"nested"``: each block's random weights are drawn once per seed and are the same in every
     stage that randomises it.
+    ``"quantus"``: Quantus's random layer generator (notes §9.2): every block of every stage is
+    drawn from the one seed ``seed + 1`` (its ``torch.manual_seed(seed + 1)`` before each
+    layer's ``reset_parameters()``), so with ``batchnorm="reset_parameters"``, one module per
+    block (``parameter_module_blocks``) and Quantus's ``seed`` the weights are Quantus's.
 ``seed``
     The authors set none. Block b of stage s uses a generator seeded from (seed, s, b) under
-    ``fresh`` and from (seed, b) under ``nested`` (``block_seed``); ``Stage.seeds`` records them.
+    ``fresh``, from (seed, b) under ``nested`` and ``seed + 1`` under ``quantus``
+    (``block_seed``); ``Stage.seeds`` records them.
 
 The stages share ONE deep copy of the model, reloaded from ``card.model``'s state dict at every
 stage (one extra copy, also for Inception v3); ``card.model`` is never modified. ``Stage.model``
@@ -52,9 +57,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from replication.attribution import create_method
 from replication.errors import ConfigError
-from replication.experiments.sanity_checks.settings import RandomizationOptions
 from replication.models.base import ModelCard
 from replication.models.initializers import Initializer, initializer, reinitialise
+from replication.randomization import RandomizationOptions
 
 TARGET_MODES = ("predicted", "label")
 ORIGINAL = "Original"
@@ -75,7 +80,9 @@ class Stage:
 
 def block_seed(options: RandomizationOptions, stage_index: int, block_label: str) -> int:
     """The seed of one block's generator: from (seed, stage, block) under ``fresh``, from
-    (seed, block) under ``nested``."""
+    (seed, block) under ``nested``, ``seed + 1`` for every block under ``quantus``."""
+    if options.draws == "quantus":
+        return options.seed + 1
     if options.draws == "nested":
         key = f"{options.seed}/nested/{block_label}"
     else:
@@ -92,6 +99,22 @@ def _blocks(card: ModelCard) -> list[tuple[str, list[str]]]:
         raise ConfigError(f"{card.name}: block labels must be unique and not {ORIGINAL!r}; "
                           f"got {labels}")
     return blocks
+
+
+def parameter_module_blocks(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Quantus's randomisation layers as blocks: every module that has ``reset_parameters``
+    (each Conv2d, BatchNorm, Linear on its own), output first, i.e. ``named_modules()`` order
+    reversed (notes §9.2). Use with ``dataclasses.replace(card, randomization_blocks=...)``.
+
+    A block re-initialises its module's descendants too (``randomize_block``); Quantus calls
+    the module's own ``reset_parameters()`` only. They differ only for a module with
+    ``reset_parameters`` inside another one, which no model card here has.
+    """
+    names = [name for name, module in model.named_modules()
+             if name and hasattr(module, "reset_parameters")]
+    if not names:
+        raise ConfigError(f"{type(model).__name__} has no module with reset_parameters()")
+    return [(name, [name]) for name in reversed(names)]
 
 
 def _unique_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
@@ -160,6 +183,13 @@ def cascading(card: ModelCard, options: RandomizationOptions | None = None) -> I
     plan = [(0, ORIGINAL, [])]
     plan += [(k, card.randomization_blocks[k - 1][0], list(range(k))) for k in range(1, n + 1)]
     return _stages(card, options, plan)
+
+
+def fully_randomized(card: ModelCard, options: RandomizationOptions | None = None) -> Stage:
+    """The last cascading stage alone (every block randomised, the same seeds as stage n of
+    ``cascading``), without computing the stages before it."""
+    n = len(_blocks(card))
+    return next(_stages(card, options, [(n, card.randomization_blocks[n - 1][0], list(range(n)))]))
 
 
 def independent(card: ModelCard, options: RandomizationOptions | None = None) -> Iterator[Stage]:
