@@ -9,6 +9,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from pathlib import Path
 import scipy.io
 
 from conftest import leftovers
@@ -117,7 +118,8 @@ def test_validation_archives_are_unpacked_with_devkit_labels(tmp_path, archives)
     folder, pins = archives
     out = tmp_path / "ilsvrc2012_val"
     manifest = imagenet.prepare_ilsvrc2012_val(folder, out, **pins)
-    assert manifest == {"available": True, "n_images": 3, "n_classes": 3}
+    assert manifest == {"available": True, "n_images": 3, "n_classes": 3, "boxes": 0,
+                        "boxes_reason": f"no ILSVRC2012_bbox_val_v3.tgz in {folder}/"}
     rows = imagenet.read_labels(out)
     assert [(r["file"], r["wnid"], r["class_index"]) for r in rows] == [
         ("ILSVRC2012_val_00000001.JPEG", "n01443537", 1),
@@ -186,8 +188,18 @@ def test_the_synthetic_ilsvrc2012_prepares_like_the_real_one(tmp_path):
 
     pins = write_archives(tmp_path / "data", per_class=2)
     manifest = imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "out", **pins)
-    assert manifest == {"available": True, "n_images": 2 * len(DEFAULT_WNIDS),
-                        "n_classes": len(DEFAULT_WNIDS)}
+    assert {k: manifest[k] for k in ("available", "n_images", "n_classes", "boxes")} == {
+        "available": True, "n_images": 2 * len(DEFAULT_WNIDS), "n_classes": len(DEFAULT_WNIDS),
+        "boxes": 2 * len(DEFAULT_WNIDS)}
+    from replication.data.boxes import prepared_boxes
+
+    boxes = prepared_boxes(tmp_path / "out")
+    assert set(boxes) == {Path(r["file"]).stem for r in imagenet.read_labels(tmp_path / "out")}
+    first = boxes["ILSVRC2012_val_00000001"]
+    assert (first.width, first.height) == (80, 64) and first.first.wnid in DEFAULT_WNIDS
+    with pytest.raises(ChecksumMismatch, match="ILSVRC2012_bbox_val_v3.tgz"):
+        imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "pinned", **pins,
+                                        boxes_sha256="0" * 64)
     rows = imagenet.read_labels(tmp_path / "out")
     assert {r["wnid"] for r in rows} == set(DEFAULT_WNIDS)
     from PIL import Image

@@ -23,6 +23,7 @@ from replication.attribution import ChannelStatistics, Explainer
 from replication.attribution.channel_statistics import gather_gap, statistics_loader
 from replication.errors import ConfigError, DataError
 from replication.experiments.common import ImageSet
+from replication.data import boxes as D
 from replication.experiments.parchgrad import boxes as B
 from replication.experiments.parchgrad import (bbox, claims, costs, faithfulness, figures,
                                                q_sweep, statistics, statistics_checks, toys, vc)
@@ -270,18 +271,18 @@ def _xml(stem: str, w: int, h: int, *boxes: tuple) -> str:
 
 
 def test_parse_and_crop_boxes():
-    annotation = B.parse_voc_xml(_xml("ILSVRC2012_val_00000007", 500, 400,
+    annotation = D.parse_voc_xml(_xml("ILSVRC2012_val_00000007", 500, 400,
                                       ("n01", 50, 100, 450, 300), ("n02", 0, 0, 10, 10)))
     assert annotation.stem == "ILSVRC2012_val_00000007" and len(annotation.boxes) == 2
     assert annotation.first.wnid == "n01"
     preprocessing = Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3, resize=256)
     # 500×400 → 320×256, centre crop offsets left 48, top 16
-    x0, y0, x1, y1 = B.crop_box(annotation, preprocessing)
+    x0, y0, x1, y1 = D.crop_box(annotation, preprocessing)
     assert (x0, y0, x1, y1) == pytest.approx((0.0, 100 * 0.64 - 16, 224.0, 300 * 0.64 - 16))
-    mask = B.box_mask((x0, y0, x1, y1), 224)
+    mask = D.box_mask((x0, y0, x1, y1), 224)
     assert mask.shape == (224, 224) and mask[100, 100] and not mask[10, 10]
     with pytest.raises(DataError, match="no <object>"):
-        B.parse_voc_xml(_xml("x", 10, 10))
+        D.parse_voc_xml(_xml("x", 10, 10))
 
 
 def test_box_energy_values():
@@ -301,13 +302,13 @@ def test_correct_and_authors_pairings(tmp_path):
     # validation files by number; classes interleaved so class order ≠ file order
     rows = [{"file": f"ILSVRC2012_val_{i:08d}.JPEG", "wnid": wnid}
             for i, wnid in zip(range(1, 7), ["n2", "n1", "n3", "n1", "n2", "n3"])]
-    with tarfile.open(tmp_path / B.BOX_ARCHIVE, "w:gz") as archive:
+    with tarfile.open(tmp_path / D.BOX_ARCHIVE, "w:gz") as archive:
         for i, row in enumerate(rows, start=1):
             data = _xml(f"ILSVRC2012_val_{i:08d}", 100, 100, (row["wnid"], i, i, 50, 50)).encode()
             info = tarfile.TarInfo(f"val/ILSVRC2012_val_{i:08d}.xml")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
-    annotations = B.read_boxes(tmp_path / B.BOX_ARCHIVE)
+    annotations = D.read_boxes(tmp_path / D.BOX_ARCHIVE)
     assert len(annotations) == 6
     files = [r["file"] for r in rows]
     correct = B.pair_boxes(files, rows, annotations, "correct")
@@ -319,7 +320,7 @@ def test_correct_and_authors_pairings(tmp_path):
     with pytest.raises(ConfigError, match="pairing"):
         B.pair_boxes(files, rows, annotations, "sorted")
     with pytest.raises(DataError, match="ILSVRC2012_bbox_val_v3"):
-        B.read_boxes(tmp_path / "missing.tgz")
+        D.read_boxes(tmp_path / "missing.tgz")
 
 
 # --------------------------------------------------------------------------- stages, claims, figures

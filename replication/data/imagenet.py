@@ -214,8 +214,12 @@ def _devkit_labels(devkit: Path) -> list[str]:
 
 def prepare_ilsvrc2012_val(archive_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                            val: ArchivePin = ILSVRC2012_VAL,
-                           devkit: ArchivePin = ILSVRC2012_DEVKIT) -> dict:
-    """Unpack the user's ILSVRC2012 validation archives into ``images/`` + ``labels.csv``.
+                           devkit: ArchivePin = ILSVRC2012_DEVKIT,
+                           boxes_sha256: str | None = None) -> dict:
+    """Unpack the user's ILSVRC2012 validation archives into ``images/`` + ``labels.csv``, and
+    the boxes of ``ILSVRC2012_bbox_val_v3.tgz`` into ``boxes.csv`` when that archive is there
+    too (checked against ``boxes_sha256`` when given; no digest is published for it, so its
+    content is checked: every XML must parse, and its SHA-256 goes in the manifest).
 
     Without the archives this writes only ``manifest.json`` saying so: the ImageNet stages then
     fall back to the sample and say that too.
@@ -248,9 +252,29 @@ def prepare_ilsvrc2012_val(archive_dir: str | os.PathLike, out_dir: str | os.Pat
                  "class_name": classes()[class_index(w)].name} for f, w in zip(files, wnids)]
         write_labels(tmp / "labels.csv", rows)
         manifest = {"available": True, "n_images": len(rows),
-                    "n_classes": len({r["wnid"] for r in rows})}
+                    "n_classes": len({r["wnid"] for r in rows}),
+                    **_prepare_boxes(archive_dir, tmp, files, boxes_sha256)}
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _prepare_boxes(archive_dir: Path, out: Path, files: list[str],
+                   expected: str | None) -> dict:
+    from replication.data.boxes import BOX_ARCHIVE, read_boxes, write_prepared_boxes
+
+    archive = archive_dir / BOX_ARCHIVE
+    if not archive.is_file():
+        return {"boxes": 0, "boxes_reason": f"no {BOX_ARCHIVE} in {archive_dir}/"}
+    if expected is not None:
+        verify_archive(archive, ArchivePin(BOX_ARCHIVE, "sha256", expected))
+    stems = {Path(f).stem for f in files}
+    annotations = {stem: a for stem, a in read_boxes(archive).items() if stem in stems}
+    write_prepared_boxes(annotations, out / "boxes.csv")
+    digest = hashlib.sha256()
+    with open(archive, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return {"boxes": len(annotations), "boxes_sha256": digest.hexdigest()}
 
 
 def evaluation_folder(source: str, sample_dir: str | os.PathLike,
@@ -285,6 +309,7 @@ def run_ilsvrc2012_stage(ctx) -> None:
     manifest = prepare_ilsvrc2012_val(
         ctx.input("archives"), ctx.output("out"),
         val=ArchivePin(ILSVRC2012_VAL.file, "sha256", digests.val),
-        devkit=ArchivePin(ILSVRC2012_DEVKIT.file, "sha256", digests.devkit))
+        devkit=ArchivePin(ILSVRC2012_DEVKIT.file, "sha256", digests.devkit),
+        boxes_sha256=digests.boxes)
     if not manifest["available"]:
         log.warning("%s; the paper profile falls back to the ImageNet sample", manifest["reason"])

@@ -22,6 +22,7 @@ from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer
 from replication.data import imagenet
 from replication.experiments.common import ImageSet
+from replication.data import boxes as D
 from replication.experiments.parchgrad import boxes as B
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import Sources, model_name
@@ -38,21 +39,21 @@ BBOX_COLUMNS = ["model", "image", "label", "hooks", "q", "vc", "pairing", "mu_in
 
 
 def box_masks(card: ModelCard, images: ImageSet, settings: BBoxSettings,
-              annotations: Mapping[str, B.BoxAnnotation],
+              annotations: Mapping[str, D.BoxAnnotation],
               all_rows: Sequence[Mapping]) -> dict[str, Tensor]:
     """Per pairing, the (N, H, W) box masks of the images in model-input coordinates."""
     size = card.preprocessing.input_size
     masks = {}
     for pairing in settings.pairings:
         paired = B.pair_boxes(images.names, all_rows, annotations, pairing)
-        masks[pairing] = torch.stack([B.box_mask(B.crop_box(a, card.preprocessing), size)
+        masks[pairing] = torch.stack([D.box_mask(D.crop_box(a, card.preprocessing), size)
                                       for a in paired])
     return masks
 
 
 def bbox_energy(card: ModelCard, images: ImageSet, statistics: ChannelStatistics,
                 settings: BBoxSettings, options: MethodOptions, explainer: Explainer,
-                annotations: Mapping[str, B.BoxAnnotation],
+                annotations: Mapping[str, D.BoxAnnotation],
                 all_rows: Sequence[Mapping]) -> pd.DataFrame:
     """``mu_in`` / ``mu_in_w`` per image of Gradient and of ParchGrad(Gradient) at each hooks
     setting, q and VC on/off, per pairing. ``images.names`` must be validation file names and
@@ -98,7 +99,7 @@ def run(ctx) -> None:
         log.warning("parchgrad bbox: %s", reason)
         table = pd.DataFrame(columns=BBOX_COLUMNS)
     else:
-        annotations, all_rows = B.read_boxes(archive), imagenet.read_labels(validation)
+        annotations, all_rows = D.read_boxes(archive), imagenet.read_labels(validation)
         tables, _ = loading.per_model(ctx, settings.images, bbox_energy, settings,
                                       MethodOptions.of(ctx), loading.explainer(ctx),
                                       annotations, all_rows)
