@@ -61,7 +61,11 @@ def test_smoke_data_stages_run_offline_through_dvc(smoke_repo):
     manifest = json.loads((repo / "datasets" / "ilsvrc2012_val" / "manifest.json").read_text())
     assert manifest["available"] is False
     # The report runs on whatever metrics exist: the data claims hold, the rest are not run yet.
-    _run([str(BIN / "python"), "-m", "replication", "report"], repo, env)
+    _run([str(BIN / "python"), "-m", "replication", "settings", "--params", "params.yaml",
+          "--out", "settings"], repo, env)
+    _run([str(BIN / "python"), "-m", "replication", "report", "--params", "params.yaml",
+          "--claims", "claims", "--metrics", "metrics", "--markdown", "reports/replication.md",
+          "--json", "reports/claims.json"], repo, env)
     report = (repo / "reports" / "replication.md").read_text()
     assert "profile **smoke**" in report
     claims = json.loads((repo / "reports" / "claims.json").read_text())
