@@ -53,8 +53,6 @@ def paper_dry_run_repo(folder: Path, mirror: Path, archives: bool) -> tuple[Path
         overlay = deep_merge(overlay, {"data": {"ilsvrc2012": {
             "val": pins["val"].digest, "devkit": pins["devkit"].digest}}})
     params["profile"] = "paper"
-    top = {k: overlay.pop(k) for k in list(overlay) if k in ("stand_in_weights",)}
-    params.update(top)
     params["profiles"]["paper"] = deep_merge(params["profiles"]["paper"] or {}, overlay)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo, env)
