@@ -13,16 +13,26 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")
+import numpy as np
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+from replication.fileio import atomic_write_bytes, atomic_write_text
 
-from replication.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, imported when a figure is drawn: the
+    compute stages that use this module's tables need not pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 # The Sanity Checks paper's colour maps: grayscale for absolute maps, blue-white-red for signed.
 ABS_CMAP, DIVERGING_CMAP, HEAT_CMAP = "gray", "bwr", "Reds"
@@ -33,7 +43,9 @@ STYLE = {"figure.dpi": 100, "savefig.dpi": 150, "font.size": 8, "axes.titlesize"
 
 
 def use_style() -> None:
-    sns.set_theme(style="whitegrid", rc=STYLE)
+    import seaborn
+
+    seaborn.set_theme(style="whitegrid", rc=STYLE)
 
 
 _STAMP: str | None = None  # a warning printed above every figure (stand-in weights)
@@ -60,7 +72,7 @@ def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
         path = stem.with_suffix(suffix)
         atomic_write_bytes(path, buffer.getvalue())
         written.append(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return written
 
 
@@ -71,7 +83,7 @@ def gallery(images: Sequence[Sequence[np.ndarray | None]], *, row_labels: Sequen
     """A grid of images (rows × columns); ``None`` leaves a cell blank. Arrays are (H, W) or
     (H, W, 3). ``cmaps`` and ``vranges`` may be given per row."""
     rows, cols = len(images), max(len(r) for r in images)
-    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols + 0.8, cell * rows + 0.4),
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(cell * cols + 0.8, cell * rows + 0.4),
                              squeeze=False)
     for r, row in enumerate(images):
         cmap = cmaps if isinstance(cmaps, str) else cmaps[r]
@@ -106,9 +118,11 @@ def curves(data: pd.DataFrame, *, x: str, y: str, hue: str, sd: str | None = Non
            order: Sequence[str] | None = None, ax: plt.Axes | None = None, ylim=None,
            title: str = "", ylabel: str | None = None) -> plt.Axes:
     """Mean curves with ±1 SD bands (the Sanity Checks style: bands, not confidence intervals)."""
-    ax = ax or plt.subplots(figsize=(4, 2.6))[1]
+    import seaborn
+
+    ax = ax or _pyplot().subplots(figsize=(4, 2.6))[1]
     order = list(order) if order is not None else list(dict.fromkeys(data[x]))
-    palette = sns.color_palette("tab10", n_colors=data[hue].nunique())
+    palette = seaborn.color_palette("tab10", n_colors=data[hue].nunique())
     for colour, (name, group) in zip(palette, data.groupby(hue, sort=False)):
         group = group.set_index(x).reindex(order)
         positions = np.arange(len(order))
@@ -152,10 +166,10 @@ def markdown_table(frame: pd.DataFrame) -> str:
 def write_table(frame: pd.DataFrame, stem: str | os.PathLike, title: str,
                 note: str = "") -> list[Path]:
     """``stem``.csv and ``stem``.md (a title, the table, a note), written atomically."""
+    from replication import fileio
+
     stem = Path(stem)
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, float_format="%.6g", lineterminator="\n")
-    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    fileio.write_table(frame, stem.with_suffix(".csv"))
     text = f"# {title}\n\n{markdown_table(frame)}" + (f"\n{note.strip()}\n" if note else "")
     atomic_write_text(stem.with_suffix(".md"), text)
     return [stem.with_suffix(".csv"), stem.with_suffix(".md")]
