@@ -33,6 +33,16 @@ def mirror() -> Path:
     return found
 
 
+@pytest.fixture(scope="session")
+def mnist_folder(mirror, tmp_path_factory) -> Path:
+    """MNIST prepared from the mirror into a session folder (a test module may define its own)."""
+    from replication.data import mnist
+
+    folder = tmp_path_factory.mktemp("data") / "mnist"
+    mnist.prepare("mnist", folder, mirror=mirror)
+    return folder
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every download fails as it would offline; returns the list of URLs that were tried."""

@@ -41,15 +41,6 @@ SETTINGS = SimilaritySettings(metrics=("spearman_abs", "spearman_diverging"), pe
 
 
 @pytest.fixture(scope="module")
-def mnist_folder(mirror, tmp_path_factory):
-    from replication.data import mnist
-
-    folder = tmp_path_factory.mktemp("data") / "mnist"
-    mnist.prepare("mnist", folder, mirror=mirror)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def digits(mnist_folder):
     return mnist_set(mnist_folder, 4)
 
@@ -256,7 +247,7 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
     assert (pairs.loc[pairs["metric"] == "spearman_abs", "mean"] - 1.0).abs().max() <= identical
 
     inputs = {name: results / name for name in ("randomization", "data_randomization", "toys",
-                                                "maps")}
+                                                "maps", "repaired_mprt")}
     inputs.update(calibration=results / "calibration.csv",
                   verdicts=results / "bn_study_verdicts.csv",
                   claims=ROOT / "claims" / "sanity_checks.yaml")
@@ -276,7 +267,7 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
 def test_the_figures_table_matches_the_notes_inventory_and_the_claims():
     notes = (ROOT / "paper_notes" / "sanity_checks.md").read_text()
     inventory = notes.split("## 3. Figure and table inventory")[1].split("\n## ")[0]
-    listed = set(re.findall(r"`((?:fig\d+[a-z]?|table)_[0-9a-z_-]+?)(?:\.md|\.csv)?`",
+    listed = set(re.findall(r"`((?:fig\d+[a-z]?|table|beyond)_[0-9a-z_-]+?)(?:\.md|\.csv)?`",
                             inventory))
     stems = [f.stem for f in figures.FIGURES]
     assert len(stems) == len(set(stems)) and listed == set(stems)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from replication.attribution import create_method, model_device
+from replication.attribution import create_method, model_device, postprocess
 from replication.errors import ConfigError
 from replication.randomization import RandomizationOptions
 from replication.randomization.reinit import (ORIGINAL, Stage, cascading, explained_classes,
@@ -24,12 +24,14 @@ from replication.models.base import ModelCard
 
 LayerOrder = Literal["bottom_up", "top_down", "independent"]
 Blocks = Literal["card", "modules"]
+MapForm = Literal["raw", "input"]
 Targets = Tensor | Sequence[int] | Literal["predicted"]
 # (images, targets) of a chunk -> (the engine's inputs, their targets, maps -> one map per image)
 Expand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Callable[[Tensor], Tensor]]]
 
 LAYER_ORDERS: tuple[str, ...] = ("bottom_up", "top_down", "independent")
 BLOCK_SOURCES: tuple[str, ...] = ("card", "modules")
+MAP_FORMS: tuple[str, ...] = ("raw", "input")
 
 # Quantus's randomisation (``get_random_layer_generator``, seed 42): ``reset_parameters()`` of
 # every module that has one, each re-seeded with seed + 1. Pass it with blocks="modules".
@@ -112,19 +114,36 @@ def on_model_device(card: ModelCard, images: Tensor) -> Tensor:
     return images.detach().to(model_device(card.model))
 
 
+def input_maps(maps: Tensor, inputs: Tensor) -> Tensor:
+    """(B, 1, H, W): one channel at the inputs' resolution, as ``quantus.explain`` hands maps to
+    its metrics (the signed sum over channels, its default ``reduce_axes``); layer-resolution
+    maps (CAMs) are upsampled bilinearly first (``postprocess.upsample``, the engine's
+    ``Explainer``; Quantus leaves the interpolation to the caller)."""
+    maps = postprocess.upsample(maps, tuple(inputs.shape[-2:]))
+    return postprocess.reduce_channels(maps, "sum")
+
+
 def explain_chunks(card: ModelCard, method: str, params: Mapping[str, Any], images: Tensor,
-                   targets: Tensor, batch_size: int, expand: Expand | None = None) -> Tensor:
+                   targets: Tensor, batch_size: int, expand: Expand | None = None,
+                   maps: MapForm = "raw") -> Tensor:
     """Engine maps of ``images``, ``batch_size`` images per engine call. ``expand`` maps a
-    chunk (images, targets) to the engine's inputs and a function of its maps (smoothing)."""
+    chunk (images, targets) to the engine's inputs and a function of its maps (smoothing).
+    ``maps``: the engine's raw maps, or ``"input"``: ``input_maps`` of them."""
+    choose("maps", maps, MAP_FORMS)
     explainer = create_method(method, card, **params)
+
+    def explained(inputs: Tensor, classes: Tensor) -> Tensor:
+        raw = explainer.attribute(inputs, classes)
+        return input_maps(raw, inputs) if maps == "input" else raw
+
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk, classes = images[start:start + batch_size], targets[start:start + batch_size]
         if expand is None:
-            outputs.append(explainer.attribute(chunk, classes))
+            outputs.append(explained(chunk, classes))
         else:
             inputs, input_classes, reduce = expand(chunk, classes)
-            outputs.append(reduce(explainer.attribute(inputs, input_classes)))
+            outputs.append(reduce(explained(inputs, input_classes)))
     return torch.cat(outputs)
 
 

@@ -36,9 +36,10 @@ from torch import Tensor
 
 from replication.randomization import RandomizationOptions
 from replication.randomization.reinit import fully_randomized, stage_card
-from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, Targets, check_call,
-                                       check_targets, explain_chunks, on_model_device,
-                                       positive_int, processed, randomization_card, stage_targets)
+from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, MapForm, Targets,
+                                       check_call, check_targets, explain_chunks,
+                                       on_model_device, positive_int, processed,
+                                       randomization_card, stage_targets)
 from replication.models.base import ModelCard
 
 HIGHER_IS_BETTER: Final = True
@@ -91,7 +92,7 @@ def efficient_mprt(card: ModelCard, images: Tensor, targets: Targets, method: st
                    method_params: Mapping[str, Any] | None = None, n_bins: int = N_BINS,
                    absolute: bool = False, normalise: bool = False,
                    randomization: RandomizationOptions | None = None, blocks: Blocks = "card",
-                   batch_size: int = 16) -> EfficientMPRTResult:
+                   batch_size: int = 16, maps: MapForm = "raw") -> EfficientMPRTResult:
     """Efficient MPRT of ``method`` (engine name, ``method_params``) on ``card`` for ``images``
     (B, C, H, W) in model-input space.
 
@@ -101,6 +102,8 @@ def efficient_mprt(card: ModelCard, images: Tensor, targets: Targets, method: st
     ``randomization=QUANTUS_RANDOMIZATION, blocks="modules"`` is Quantus's fully randomised
     model).
     ``absolute``/``normalise``: Quantus's ``abs``/``normalise`` (both off by default).
+    ``maps``: the engine's raw maps (the default) or ``"input"``: one channel at the input's
+    resolution, as ``quantus.explain`` returns them (``_mprt.input_maps``).
     """
     params = check_call(card, images, method, method_params, batch_size)
     check_targets(targets, len(images))
@@ -109,8 +112,9 @@ def efficient_mprt(card: ModelCard, images: Tensor, targets: Targets, method: st
 
     def complexity(state: ModelCard) -> np.ndarray:
         classes = stage_targets(state.model, images, targets)
-        maps = explain_chunks(state, method, params, images, classes, batch_size)
-        return discrete_entropy(processed(maps, normalise, absolute), n_bins)
+        explained = explain_chunks(state, method, params, images, classes, batch_size,
+                                   maps=maps)
+        return discrete_entropy(processed(explained, normalise, absolute), n_bins)
 
     original = complexity(card)
     ordered = randomization_card(card, blocks, "top_down")

@@ -43,10 +43,11 @@ from replication.attribution._base import image_generators
 from replication.errors import ConfigError
 from replication.randomization import RandomizationOptions
 from replication.randomization.reinit import stage_card
-from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, LayerOrder, Targets,
-                                       check_call, check_targets, choose, explain_chunks,
-                                       finite_number, on_model_device, positive_int, processed,
-                                       randomization_card, randomized_stages, stage_targets)
+from replication.metrics._mprt import (QUANTUS_RANDOMIZATION, Blocks, LayerOrder, MapForm,
+                                       Targets, check_call, check_targets, choose,
+                                       explain_chunks, finite_number, on_model_device,
+                                       positive_int, processed, randomization_card,
+                                       randomized_stages, stage_targets)
 from replication.metrics.similarity import pearson_rows, spearman_rows
 from replication.models.base import ModelCard
 
@@ -102,9 +103,10 @@ def noisy_copies(images: Tensor, nr_samples: int, noise_magnitude: float, seed: 
 def smooth_explanations(card: ModelCard, method: str, images: Tensor, targets: Tensor, *,
                         method_params: Mapping[str, Any] | None = None, nr_samples: int = 50,
                         noise_magnitude: float = 0.1, seed: int = 0,
-                        batch_size: int = 4) -> Tensor:
-    """(B, …) float64: per image, the mean of the method's maps of its ``noisy_copies``,
-    ``batch_size`` images (× ``nr_samples`` copies) per engine call."""
+                        batch_size: int = 4, maps: MapForm = "raw") -> Tensor:
+    """(B, …) float64: per image, the mean of the method's maps (``maps``: raw, or
+    ``_mprt.input_maps``) of its ``noisy_copies``, ``batch_size`` images (× ``nr_samples``
+    copies) per engine call."""
 
     def expand(chunk: Tensor, classes: Tensor):
         copies = noisy_copies(chunk, nr_samples, noise_magnitude, seed)
@@ -112,7 +114,7 @@ def smooth_explanations(card: ModelCard, method: str, images: Tensor, targets: T
                 lambda maps: maps.view(len(chunk), nr_samples, *maps.shape[1:]).double().mean(1))
 
     return explain_chunks(card, method, dict(method_params or {}), images, targets, batch_size,
-                          expand)
+                          expand, maps)
 
 
 def smooth_mprt(card: ModelCard, images: Tensor, targets: Targets, method: str, *,
@@ -120,7 +122,7 @@ def smooth_mprt(card: ModelCard, images: Tensor, targets: Targets, method: str, 
                 noise_magnitude: float = 0.1, layer_order: LayerOrder = "bottom_up",
                 similarity: str = "spearman", absolute: bool = True, normalise: bool = True,
                 randomization: RandomizationOptions | None = None, blocks: Blocks = "card",
-                seed: int = 0, batch_size: int = 4) -> SmoothMPRTResult:
+                seed: int = 0, batch_size: int = 4, maps: MapForm = "raw") -> SmoothMPRTResult:
     """Smooth MPRT of ``method`` (engine name, ``method_params``) on ``card`` for ``images``
     (B, C, H, W) in model-input space.
 
@@ -133,6 +135,8 @@ def smooth_mprt(card: ModelCard, images: Tensor, targets: Targets, method: str, 
     ``QUANTUS_RANDOMIZATION`` with ``blocks="modules"`` re-draws Quantus's weights).
     ``seed``: the noise. ``similarity``: ``"spearman"`` or ``"pearson"``.
     ``absolute``/``normalise``: Quantus's ``abs``/``normalise`` (both on by default).
+    ``maps``: the engine's raw maps (the default) or ``"input"``: one channel at the input's
+    resolution, as ``quantus.explain`` returns them (``_mprt.input_maps``).
     """
     params = check_call(card, images, method, method_params, batch_size)
     check_targets(targets, len(images))
@@ -145,12 +149,12 @@ def smooth_mprt(card: ModelCard, images: Tensor, targets: Targets, method: str, 
     images = on_model_device(card, images)
     compare = SIMILARITIES[similarity]
     options = dict(method_params=params, nr_samples=nr_samples, noise_magnitude=noise_magnitude,
-                   seed=seed, batch_size=batch_size)
+                   seed=seed, batch_size=batch_size, maps=maps)
 
     def explained(state: ModelCard) -> np.ndarray:
         classes = stage_targets(state.model, images, targets)
-        maps = smooth_explanations(state, method, images, classes, **options)
-        return processed(maps, normalise, absolute)
+        denoised = smooth_explanations(state, method, images, classes, **options)
+        return processed(denoised, normalise, absolute)
 
     reference = explained(card)
     layers, columns = [], []

@@ -1,5 +1,6 @@
 """Every figure of Sanity Checks for Saliency Maps (arXiv v3 numbering), drawn from the tables
-and map renderings the stages wrote; plus the App. B calibration table and the option study.
+and map renderings the stages wrote; plus the App. B calibration table, the option study and,
+beyond the paper, the repaired randomization tests (``beyond_*``: ``repaired_mprt``).
 
 ``FIGURES`` is the inventory (paper_notes/sanity_checks.md §3 lists the same stems; a test
 checks both and each claim's ``figure_file``): the file stem, the drawing function (in the
@@ -25,7 +26,7 @@ from typing import Any
 from replication.claims import Claim, read_claims
 from replication.experiments.sanity_checks import (calibration, data_randomization,
                                                    model_randomization, one_layer_net,
-                                                   option_study, toys)
+                                                   option_study, repaired_mprt, toys)
 from replication.fileio import (atomic_directory, atomic_write_text, read_arrays, read_table,
                                 write_table)
 from replication.plotting import save_figure, use_style
@@ -82,6 +83,7 @@ def _mnist_gallery(number: str, setup: str, mode: str, style: str) -> Figure:
                   _mnist(setup, mode), (), {"style": style, "title": f"Fig. {number}"})
 
 
+REPAIRED_MPRT = ("repaired_mprt/mnist.csv", "repaired_mprt/imagenet.csv")  # beyond the paper
 MNIST_CASCADING = tuple(f"randomization/{setup}-cascading.csv"
                         for setup in model_randomization.MNIST_TITLES)
 
@@ -149,6 +151,8 @@ FIGURES = (
            ("maps/toys.npz",)),
     Figure("table_calibration", calibration.draw_table, ("calibration",), ("C7",)),
     Figure("table_option_study", option_study.draw_table, ("verdicts",)),
+    Figure("beyond_repaired_mprt_rankings", repaired_mprt.draw_rankings, REPAIRED_MPRT),
+    Figure("beyond_repaired_mprt_table", repaired_mprt.draw_table, REPAIRED_MPRT),
 )
 
 

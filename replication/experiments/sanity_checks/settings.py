@@ -145,6 +145,82 @@ class Toys(Settings):
     fashion_images: NonNegativeInt
 
 
+# --- beyond the paper: the repaired model-randomization tests (repaired_mprt.py) ---------------
+
+MnistSetup = Literal["cnn-mnist", "mlp-mnist", "cnn-fashion_mnist", "mlp-fashion_mnist"]
+
+
+@settings
+class SmoothMprt(Settings):
+    """Smooth MPRT (Hedström et al. 2023; Quantus ``SmoothMPRT``)."""
+
+    noise_magnitude: NonNegative  # σ = magnitude · (max − min) of each image (Quantus: 0.1)
+    layer_order: Literal["bottom_up", "top_down"]  # Quantus's sMPRT: bottom_up (input first)
+    skip: tuple[str, ...]  # methods sMPRT does not explain (already noise-averaged ones)
+
+
+@settings
+class EfficientMprt(Settings):
+    """Efficient MPRT (Hedström et al. 2023; Quantus ``EfficientMPRT``)."""
+
+    n_bins: PositiveInt  # equal-width bins of a map's histogram (Quantus: 100)
+
+
+@settings
+class RepairedMnist(Settings):
+    setups: tuple[MnistSetup, ...]
+    images: PositiveInt       # the first test images
+    methods: tuple[str, ...]  # of sanity_checks.mnist.methods (with their parameters)
+    nr_samples: PositiveInt   # sMPRT: copies per map, the clean image included (1: plain MPRT)
+    batch_size: PositiveInt   # images per engine call (sMPRT: copies included)
+
+
+@settings
+class RepairedImageNet(Settings):
+    models: tuple[str, ...]
+    images_from: Literal["paper", "sample"]  # paper: the authors' 200 curve images
+    images: PositiveInt       # a seeded choice of that many
+    methods: tuple[str, ...]  # of sanity_checks.imagenet.methods (with their parameters)
+    nr_samples: PositiveInt
+    batch_size: PositiveInt
+
+    def __post_init__(self) -> None:
+        from replication.models import available_models
+
+        unknown = [m for m in self.models if m not in available_models()]
+        if unknown or not self.models:
+            raise ConfigError(f"params.yaml sanity_checks.repaired_mprt.imagenet.models is "
+                              f"{list(self.models)}; choose one or more of {available_models()}")
+
+
+@settings
+class RepairedMprt(Settings):
+    """The paper's MPRT beside sMPRT and eMPRT, per setup (beyond the paper)."""
+
+    score: Literal["mean", "last"]  # MPRT / sMPRT per image: mean over the randomised layers
+                                    # (Quantus's average correlation) | the last (all randomised)
+    maps: Literal["input", "raw"]   # what sMPRT / eMPRT compare: one channel at the input's
+                                    # resolution (quantus.explain's maps) | the engine's raw maps
+    smprt: SmoothMprt
+    emprt: EfficientMprt
+    mnist: RepairedMnist
+    imagenet: RepairedImageNet
+
+    def check(self, mnist_methods: Methods, imagenet_methods: Methods) -> None:
+        """Every method is one the paper's setups configure; ``smprt.skip`` names methods."""
+        check_methods({name: {} for name in self.smprt.skip}, "sanity_checks.repaired_mprt.smprt.skip")
+        for key, chosen, configured in (("mnist", self.mnist.methods, mnist_methods),
+                                        ("imagenet", self.imagenet.methods, imagenet_methods)):
+            missing = [m for m in chosen if m not in configured]
+            if missing or not chosen:
+                raise ConfigError(f"params.yaml sanity_checks.repaired_mprt.{key}.methods is "
+                                  f"{list(chosen)}: choose one or more of sanity_checks.{key}."
+                                  f"methods, {list(configured)}")
+        if not self.mnist.setups:
+            raise ConfigError("params.yaml sanity_checks.repaired_mprt.mnist.setups is empty; "
+                              f"choose one or more of {list(MnistSetup.__args__)}")
+
+
 @settings
 class SanityChecks(Settings):
     target: Literal["predicted", "label"]  # the explained class (predicted: the authors')
@@ -156,8 +232,10 @@ class SanityChecks(Settings):
     calibration: Calibration
     bn_study: BnStudy
     toys: Toys
+    repaired_mprt: RepairedMprt  # beyond the paper
 
     def __post_init__(self) -> None:
+        self.repaired_mprt.check(self.mnist.methods, self.imagenet.methods)
         for key, study in (("calibration", self.calibration), ("bn_study", self.bn_study)):
             missing = [m for m in study.methods if m not in self.imagenet.methods]
             if missing:
@@ -168,5 +246,6 @@ class SanityChecks(Settings):
 
 __all__ = ["BnStudy", "Calibration",
            "DataRandomization", "Gallery", "ImageNetExperiment", "Independent",
-           "MnistExperiment", "SanityChecks", "SimilarityByMaps",
-           "SimilaritySettings", "Toys", "check_methods"]
+           "MnistExperiment", "RepairedImageNet", "RepairedMnist", "RepairedMprt",
+           "SanityChecks", "SimilarityByMaps", "SimilaritySettings", "SmoothMprt",
+           "EfficientMprt", "Toys", "check_methods"]

@@ -22,6 +22,11 @@ TABLES = {"randomization": f"{RESULTS}/randomization",
           "data_randomization": f"{RESULTS}/data_randomization", "toys": f"{RESULTS}/toys",
           "calibration": f"{RESULTS}/calibration.csv"}
 CLAIMS = "claims/sanity_checks.yaml"
+# Beyond the paper: the paper's MPRT beside sMPRT and eMPRT (repaired_mprt.py).
+REPAIRED = f"{RESULTS}/repaired_mprt"
+REPAIRED_READS = ("device", "seed", "sanity_checks.target", "sanity_checks.randomization",
+                  *(f"sanity_checks.repaired_mprt.{key}" for key in ("score", "maps", "smprt",
+                                                                      "emprt")))
 
 
 def _randomization_outs(setup: str) -> dict[str, Out]:
@@ -29,6 +34,12 @@ def _randomization_outs(setup: str) -> dict[str, Out]:
             "maps": Out(f"{RESULTS}/maps/{setup}-{{mode}}.npz"),
             "metrics": Out(f"{METRICS}/randomization/{setup}-{{mode}}.json", cache=False,
                            metric=True)}
+
+
+def _repaired_outs(domain: str) -> dict[str, Out]:
+    return {"layers": Out(f"{REPAIRED}/{domain}-layers.csv", cache=False),
+            "scores": Out(f"{REPAIRED}/{domain}.csv", cache=False),
+            "metrics": Out(f"{METRICS}/repaired_mprt/{domain}.json", cache=False, metric=True)}
 
 
 STAGES = [
@@ -77,6 +88,21 @@ STAGES = [
           outs={"out": Out(f"{RESULTS}/toys", cache=False),
                 "maps": Out(f"{RESULTS}/maps/toys.npz")},
           help="one-layer conv net, input times random gradients, linear identities (Fig. 7, 19)"),
+    Stage("sanity_repaired_mprt_mnist", f"{PACKAGE}.repaired_mprt:run_mnist",
+          reads=(*REPAIRED_READS, "sanity_checks.similarity.mnist", "sanity_checks.mnist.methods",
+                 "sanity_checks.repaired_mprt.mnist"),
+          deps={**{dataset: f"datasets/{dataset}" for dataset in MNIST["dataset"]},
+                **{f"{arch}_{dataset}": f"models/{dataset}-{arch}-true.pt"
+                   for dataset in MNIST["dataset"] for arch in MNIST["arch"]}},
+          outs=_repaired_outs("mnist"), cost=f"{PACKAGE}.repaired_mprt:mnist_cost",
+          help="beyond the paper: the paper's MPRT, sMPRT and eMPRT on the MNIST models"),
+    Stage("sanity_repaired_mprt_imagenet", f"{PACKAGE}.repaired_mprt:run_imagenet",
+          reads=(*REPAIRED_READS, "stand_in_weights", "sanity_checks.similarity.imagenet",
+                 "sanity_checks.imagenet.methods", "sanity_checks.repaired_mprt.imagenet"),
+          deps={"sample": "datasets/imagenet_sample",
+                "paper_images": "datasets/sanity_checks_imagenet"},
+          outs=_repaired_outs("imagenet"), cost=f"{PACKAGE}.repaired_mprt:imagenet_cost",
+          help="beyond the paper: the paper's MPRT, sMPRT and eMPRT on the ImageNet models"),
     Stage("sanity_claims", f"{PACKAGE}.claims:run",
           reads=("profile", "sanity_checks.imagenet.model"),
           deps={**TABLES, "bn_study": f"{RESULTS}/bn_study.csv", "claims": CLAIMS},
@@ -86,7 +112,8 @@ STAGES = [
     Stage("sanity_figures", f"{PACKAGE}.figures:run",
           reads=("profile", "sanity_checks.imagenet.model"),
           deps={**TABLES, "maps": f"{RESULTS}/maps",
-                "verdicts": f"{RESULTS}/bn_study_verdicts.csv", "claims": CLAIMS},
+                "verdicts": f"{RESULTS}/bn_study_verdicts.csv", "claims": CLAIMS,
+                "repaired_mprt": REPAIRED},
           outs={"out": Out("figures/sanity_checks", cache=False)},
           help="every figure and table of the paper (figures.FIGURES)"),
 ]
