@@ -97,6 +97,7 @@ class Verdict:
     n_needed: int | None = None
     paper_n: int | None = None  # n under the paper profile (the claim's n_setting)
     per_model: dict[str, "Verdict"] = field(default_factory=dict)  # model -> its verdict
+    run_note: str = ""  # what this run did differently (e.g. the sample instead of ILSVRC2012)
 
     @property
     def models_disagree(self) -> bool:
@@ -186,7 +187,9 @@ def _band(claim: Claim) -> tuple[float, float]:
 def evaluate(claim: Claim, root: str | os.PathLike = ".") -> Verdict:
     """The claim's verdict on the value its stage wrote; where the stage measured the claim on
     several models (``per_model`` beside the value: the ImageNet claims on every offline
-    architecture), each model's verdict too, in ``Verdict.per_model``."""
+    architecture), each model's verdict too, in ``Verdict.per_model``; a ``note`` beside the
+    value (what this run did differently, e.g. the ImageNet sample instead of ILSVRC2012
+    validation) becomes ``Verdict.run_note``."""
     path = Path(root) / claim.ours_file
     if not path.is_file():
         return Verdict(claim, NOT_RUN, reason=f"{claim.ours_file} was not produced in this run")
@@ -198,6 +201,8 @@ def evaluate(claim: Claim, root: str | os.PathLike = ".") -> Verdict:
     except (KeyError, IndexError, ValueError, TypeError):
         node = None
     per_model = node.get("per_model") if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get("note"):
+        verdict.run_note = str(node["note"])
     if isinstance(per_model, dict):
         verdict.per_model = {model: _evaluate_in(claim, entry, leaf)
                              for model, entry in per_model.items()}

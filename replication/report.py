@@ -103,6 +103,8 @@ def render_markdown(verdicts: list[Verdict], profile: str, report_dir: Path, roo
             ]))
         lines += per_model_table([v for v in group if v.per_model])
         notes = [f"- **{v.claim.id}**: {_cell(v.claim.note)}" for v in group if v.claim.note]
+        notes += [f"- **{v.claim.id}** (this run): {_cell(v.run_note)}" for v in group
+                  if v.run_note]
         if notes:
             lines += ["", *notes]
     return "\n".join(lines) + "\n"
@@ -145,6 +147,8 @@ def _record(verdict: Verdict) -> dict:
                                        else verdict.paper_n >= verdict.n_needed))
     if verdict.reason:
         record["reason"] = verdict.reason
+    if verdict.run_note:
+        record["note"] = verdict.run_note
     if verdict.per_model:
         record["per_model"] = {model: {k: w for k, w in _record(v).items()
                                        if k not in ("id", "paper", "paper_value")}

@@ -127,6 +127,20 @@ def test_report_puts_paper_and_measured_values_side_by_side(tmp_path):
     assert [r["status"] for r in records][3:] == ["not run", "not run"]
 
 
+def test_a_note_beside_a_value_is_shown_in_the_report(tmp_path):
+    note = "ILSVRC2012 validation archives were not supplied: the 1000-image sample instead"
+    _write(tmp_path, CLAIMS, {"ig": {"abs": 0.95, "note": note}, "grad": {"abs": 0.31},
+                              "accs": [0.99, 0.1]})
+    verdicts = {c.id: evaluate(c, tmp_path) for c in load_claims(tmp_path / "claims")}
+    assert verdicts["C1"].run_note == note and verdicts["C2"].run_note == ""
+    write_report(tmp_path / "claims", tmp_path / "reports" / "replication.md",
+                 tmp_path / "reports" / "claims.json", "paper", root=tmp_path)
+    markdown = (tmp_path / "reports" / "replication.md").read_text()
+    assert f"- **C1** (this run): {note}" in markdown
+    records = json.loads((tmp_path / "reports" / "claims.json").read_text())
+    assert records[0]["note"] == note and "note" not in records[1]
+
+
 def test_repository_claims_are_well_formed():
     from conftest import ROOT
 

@@ -244,6 +244,16 @@ def test_hooks_and_errors(setup):
                  ops=3, dtype=FLOAT32)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1",
+                                  "efficientnet_lite2"])
+def test_lite_default_hooks_lie_on_paths_all_the_gradient_crosses(name):
+    """Lite1/Lite2 declare Lite0's hooks: the first block of the last two stages (no skip
+    connection, so variance conservation is a per-image scale there) and conv_head."""
+    card = create_model(name, pretrained=False)
+    assert card.parchgrad_convs == ["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"]
+    assert not any(card.module(block).has_skip for block in ("blocks.5.0", "blocks.6.0"))
+
+
 def test_artifact_measures():
     smooth = torch.cos(2 * math.pi * torch.arange(32) / 32).repeat(32, 1)[None, None] + 1.0
     checker = ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2).double()[None, None]
@@ -338,14 +348,12 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
                                                                          "text_normal_std"],
                                                "checkerboard": {"strides": [1, 2]},
                                                "variance_identity": {"seeds": 2}}}))
-    bbox_ctx = stage_context("parchgrad_bbox", inputs={"archives": tmp_path,
-                                                       "ilsvrc2012_val": tmp_path},
+    bbox_ctx = stage_context("parchgrad_bbox", inputs={"ilsvrc2012_val": tmp_path},
                              outputs={"out": inputs["bbox"], "metrics": tmp_path / "bbox.json"},
-                             parchgrad={"bbox": {"images": {"resnet18": 4},
-                                                 "archive": "absent.tgz"}})
+                             parchgrad={"bbox": {"images": {"resnet18": 4}}})
     bbox.run(bbox_ctx)
     reason = json.loads((tmp_path / "bbox.json").read_text())
-    assert reason["status"] == "not run" and "absent.tgz" in reason["reason"]
+    assert reason["status"] == "not run" and "ILSVRC2012 validation" in reason["reason"]
     assert "models" not in reason and reason["stage"] == "parchgrad_bbox"
     # the experiment stages' tables, as those stages write them
     write_table(vc_result.artifacts, inputs["vc"] / "e2_artifacts.csv")
@@ -353,6 +361,7 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
     write_table(sweep.table, inputs["q_sweep"] / "e6_q_sweep.csv")
     write_table(q_sweep.sweep_summary(sweep.table), inputs["q_sweep"] / "e6_q_sweep_summary.csv")
     write_table(faith.curves, inputs["faithfulness"] / "e5_curves.csv")
+    write_table(faith.per_image, inputs["faithfulness"] / "e5_per_image.csv")
     write_table(faithfulness.faithfulness_summary(faith.per_image, 100, 0),
                 inputs["faithfulness"] / "e5_summary.csv")
     write_table(faithfulness.faithfulness_comparisons(faith.per_image, 100, 0),
@@ -375,12 +384,15 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
     summaries.mkdir()
     (summaries / "mnist_cnn.json").write_text(json.dumps(statistics.statistics_summary(corrected)))
 
-    claims.run(stage_context("parchgrad_claims", inputs={**inputs, "statistics_metrics": summaries},
-                             outputs={"out": tmp_path / "claims.json"}))
+    claims.run(stage_context("parchgrad_claims", inputs={
+        **inputs, "statistics_metrics": summaries, "imagenet_sample": tmp_path,
+        "ilsvrc2012_val": tmp_path}, outputs={"out": tmp_path / "claims.json"}))
     values = json.loads((tmp_path / "claims.json").read_text())
-    assert list(values) == [f"C{i}" for i in range(1, 14)]
+    assert list(values) == list(claims.CLAIM_IDS)
     assert values["C1"]["value"] < 1.0                         # the authors' seed 21
-    assert values["C1"]["detail"]["sum_total"][0] == pytest.approx(0.225, abs=5e-4)
+    assert values["C1b"]["value"] == pytest.approx(0.225, abs=5e-4)
+    for cid in ("C1", "C1b", "C1c", "C2", "C3", "C4", "C11", "C12", "C13"):
+        assert values[cid]["value_ci"]["method"] == "exact", cid
     # C2: float64 variances of 7×7 sums over 16 channels and the scales' steps, plus ParchGrad's
     # ε = 1e-13 in M and N, relative to the smallest variance of the cases the toys stage ran.
     toys_table = toys.variance_identity_table(seeds=range(2), gammas=[math.inf, 2.0])
@@ -394,12 +406,16 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
     assert values["C5"]["value"] is None and "ILSVRC2012" in values["C5"]["reason"]
     assert values["C6"]["value"] is None
     assert values["C7"]["value"] == pytest.approx(0.0, abs=2 * rounding)   # sequential: no difference
-    assert isinstance(values["C9"]["value"], bool)
+    assert values["C7"]["value_ci"]["method"] == "bootstrap" and values["C7"]["value_ci"]["n"] == 3
+    assert values["C7"]["per_model"] == {}                     # smoke: no ImageNet architecture
+    for cid in ("C8a", "C8b", "C8c", "C9"):                    # three images, bootstrapped
+        interval = values[cid]["value_ci"]
+        assert interval["n"] == 3 and interval["low"] <= values[cid]["value"] <= interval["high"]
     assert values["C10"]["value"] is None and "costs" in values["C10"]["reason"]
     assert values["C11"]["value"] == json.loads((summaries / "mnist_cnn.json").read_text())[
         "shapiro_below_0.05"]["fraction"]
     assert values["C12"]["value"] < 1.0 and values["C12"]["detail"]["last_conv_jaccard"] == 1.0
-    assert "lerf_aopc_difference" in values["C8"]["detail"]
+    assert not any("note" in v for v in values.values())        # nothing fell back
 
     out = tmp_path / "figures"
     figures.run(stage_context("parchgrad_figures", outputs={"out": out}, inputs={
@@ -417,26 +433,193 @@ def test_stages_claims_and_figures(tmp_path, computed, setup):
     assert all(p.stat().st_size > 0 for p in out.iterdir())
 
 
+def _claim_inputs(tables: dict, **claims_settings) -> claims.Inputs:
+    settings = stage_context("parchgrad_claims", parchgrad={"claims": claims_settings}).settings(
+        "parchgrad.claims")
+    return claims.Inputs(tables, {}, settings, seed=0)
+
+
 def test_claims_of_synthetic_tables():
-    sweep = pd.DataFrame({"model": "m", "hooks": "default", "image": ["a", "b"] * 3,
+    sweep = pd.DataFrame({"model": "mnist_cnn", "hooks": "default", "image": ["a", "b"] * 3,
                           "q": [1.0, 1.0, 0.5, 0.5, 0.1, 0.1],
                           "spearman": [1, 1, 0.6, 0.5, 0.7, 0.6], "ssim": [1, 1, .5, .5, .4, .4],
                           "max_relative_difference": 0.0,
                           "max_relative_difference_no_shapiro": 0.0})
     summary = q_sweep.sweep_summary(sweep)
-    tables = {"e6_q_sweep": sweep, "e6_q_sweep_summary": summary}
-    settings = stage_context("parchgrad_claims").settings("parchgrad.claims")
-    values = claims.claim_values(tables, {}, settings, seed=0)
-    assert values["C9"]["value"] is False                     # 0.55 → 0.65 rises at q = 0.1
-    assert values["C9"]["detail"]["monotone_ssim"] == {"m": True}
+    values = claims.claim_values(_claim_inputs({"e6_q_sweep": sweep, "e6_q_sweep_summary": summary},
+                                               sweep_models=["mnist_cnn"]))
+    # the smallest step: 0.55 → 0.65 rises by 0.1 at q = 0.1
+    assert values["C9"]["value"] == pytest.approx(-0.1)
+    assert values["C9"]["detail"]["monotone_ssim"] == {"mnist_cnn": True}
     assert values["C11"]["value"] is None and values["C3"]["value"] == 0.0
     table = pd.DataFrame({"model": "m", "provided": True, "engine_method": ["gradient", "parchgrad"],
                           "forward_backward": [1, 1], "forward": [0, 0],
                           "seconds_per_map": [0.1, 0.15], "load_average_1min": 2.0})
-    c10 = claims.c10({"e3_costs": table},
-                     stage_context("parchgrad_claims", parchgrad={"claims": {"cost_model": "m"}})
-                     .settings("parchgrad.claims"))
-    assert c10["value"] == 1 and c10["detail"]["time_ratio_parchgrad_to_gradient"] == pytest.approx(1.5)
+    pairs = pd.DataFrame({"model": "m", "repeat": range(5),
+                          "gradient_seconds": [0.1, 0.1, 0.2, 0.1, 0.1],
+                          "parchgrad_seconds": [0.12, 0.13, 0.22, 0.11, 0.15]})
+    found = claims.c10(_claim_inputs({"e3_costs": table, "e3_paired_timings": pairs},
+                                     cost_model="m", architectures=[]))
+    assert found["C10"]["value"] == 1 and found["C10"]["value_ci"]["method"] == "exact"
+    assert found["C10"]["detail"]["fastest_time_ratio"] == pytest.approx(1.5)
+    assert found["C10b"]["value"] == pytest.approx(1.2)        # the median of the ratios
+    assert found["C10b"]["value_ci"]["unit"] == "timing repeats"
+    assert found["C10b"]["value_ci"]["n"] == 5
+
+
+def test_claim_intervals_bootstrap_the_whole_statistic_and_are_seeded():
+    rng = np.random.default_rng(0)
+    images = [f"i{k}" for k in range(12)]
+    rows = []
+    a, b = "efficientnet_lite0", "efficientnet_lite1"
+    for model, shift in ((a, 0.02), (b, -0.05)):
+        for q, level in ((1.0, 1.0), (0.5, 0.8), (0.1, 0.8 + shift)):
+            rows += [{"model": model, "hooks": "default", "image": i, "q": q,
+                      "spearman": level + 0.05 * rng.standard_normal(), "ssim": 0.5}
+                     for i in images]
+    sweep = pd.DataFrame(rows)
+    inputs = _claim_inputs({"e6_q_sweep": sweep,
+                            "e6_q_sweep_summary": q_sweep.sweep_summary(sweep)},
+                           architectures=[a, b], sweep_models=[a, b], bootstrap_resamples=500)
+    first, again = claims.c9(inputs), claims.c9(inputs)
+    assert first == again                                       # seeded
+    per_model = first["per_model"]
+    # the whole statistic (the smallest step of the mean curve) against a brute-force bootstrap
+    wide = sweep[sweep["model"] == b].pivot_table(index="image", columns="q",
+                                                    values="spearman")[[1.0, 0.5, 0.1]]
+    draws = np.random.default_rng(1).integers(0, 12, size=(4000, 12))
+    brute = [claims._smallest_step(wide.to_numpy()[d]) for d in draws]
+    low, high = np.percentile(brute, [2.5, 97.5])
+    interval = per_model[b]["value_ci"]
+    spread = high - low
+    assert abs(interval["low"] - low) < 0.25 * spread and abs(interval["high"] - high) < 0.25 * spread
+    # every model must hold: each side of the interval from the least favourable model
+    assert first["value"] == min(v["value"] for v in per_model.values())
+    assert first["value_ci"]["low"] == min(v["value_ci"]["low"] for v in per_model.values())
+    assert first["value_ci"]["high"] == min(v["value_ci"]["high"] for v in per_model.values())
+
+
+def test_least_favourable_interval_decides_for_every_model():
+    from replication.claims import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, judge
+
+    claim = Claim("X", "parchgrad", "", "", "f", "k", ">=", threshold=0)
+    above, straddles, below = (stats.Interval(v, lo, hi, 10, "bootstrap")
+                               for v, lo, hi in ((0.3, 0.1, 0.5), (0.2, -0.1, 0.4),
+                                                 (-0.3, -0.5, -0.1)))
+    for intervals, verdict in (((above, above), REPRODUCED), ((above, straddles), INCONCLUSIVE),
+                               ((straddles, below), NOT_REPRODUCED)):
+        combined = claims.least_favourable(dict(enumerate(intervals)))
+        assert judge(claim, combined.value, combined.as_json())[0] == verdict
+
+
+def test_imagenet_claims_say_when_they_fell_back_to_the_sample(tmp_path):
+    (tmp_path / "ilsvrc").mkdir()
+    ctx = stage_context("parchgrad_claims", inputs={"imagenet_sample": tmp_path / "sample",
+                                                    "ilsvrc2012_val": tmp_path / "ilsvrc"},
+                        profile="paper")
+    statistics_fallback = {"resnet18": {"fallback_note": statistics.FALLBACK_NOTE}}
+    notes = claims.fallback_notes(ctx, statistics_fallback)
+    assert set(notes) == {"resnet18", "vgg16_bn", "efficientnet_b0", "efficientnet_lite0",
+                          "efficientnet_lite1", "efficientnet_lite2"}
+    assert "1000-image ImageNet sample" in notes["vgg16_bn"]
+    assert statistics.FALLBACK_NOTE in notes["resnet18"]
+    assert claims.fallback_notes(stage_context("parchgrad_claims", inputs={
+        "imagenet_sample": tmp_path, "ilsvrc2012_val": tmp_path / "ilsvrc"}), {}) == {}
+    pairs = pd.DataFrame({"model": "resnet18", "hooks": "r=0.5", "image": ["a", "b"] * 2,
+                          "q": 0.1, "variant": ["vc"] * 2 + ["zero_pruning"] * 2,
+                          "hf_energy": [0.1, 0.2, 0.3, 0.3], "total_variation": 1.0})
+    inputs = claims.Inputs({"e2_artifacts": pairs}, {}, ctx.settings("parchgrad.claims"), 0, notes)
+    c7 = claims.c7(inputs)
+    assert c7["value"] == pytest.approx(0.15) and c7["note"] == notes["resnet18"]
+
+
+def test_the_bug_check_is_not_run_on_instance_wise_statistics(tmp_path, setup):
+    card, corrected, bug, images, _ = setup
+    gaps, _ = gather_gap(card.model, [(images.images, images.labels)])
+    ChannelStatistics.from_gaps(gaps, images.labels, 10, "instance",
+                                meta={"fallback_note": statistics.FALLBACK_NOTE}
+                                ).save(tmp_path / "resnet18.pt")
+    corrected.save(tmp_path / "mnist_cnn.pt")
+    ctx = stage_context("parchgrad_statistics_checks", inputs={"statistics": tmp_path})
+    assert "mnist_cnn-authors-bug.pt is missing" in statistics_checks.bug_status(ctx, "mnist_cnn")
+    bug.save(tmp_path / "mnist_cnn-authors-bug.pt")
+    assert statistics_checks.bug_status(ctx, "mnist_cnn") == ""
+    reason = statistics_checks.bug_status(ctx, "resnet18")
+    assert reason.startswith("not run: the authors' bug needs class-wise statistics (ILSVRC2012 "
+                             "archives)") and statistics.FALLBACK_NOTE in reason
+    status = pd.DataFrame([{"model": "resnet18", "status": "not run", "reason": reason}])
+    c12 = claims.c12(_claim_inputs({"s1_bug_status": status}, bug_model="resnet18"))
+    assert c12["value"] is None and c12["reason"] == reason
+
+
+def test_box_energy_reads_the_boxes_the_validation_stage_prepared(tmp_path):
+    from replication.pipeline import get_stage
+
+    assert get_stage("parchgrad_bbox").deps["ilsvrc2012_val"] == "datasets/ilsvrc2012_val"
+    assert "data" not in get_stage("parchgrad_bbox").deps.values()
+    ctx = stage_context("parchgrad_bbox", imagenet={"source": "ilsvrc2012_val"},
+                        parchgrad={"bbox": {"images": {"resnet18": 2}}})
+    settings = ctx.settings("parchgrad.bbox")
+    assert "ILSVRC2012 validation images" in bbox.not_run_reason(ctx, settings, tmp_path)
+    (tmp_path / "labels.csv").write_text("file,wnid,class_index,class_name\n")
+    assert D.BOX_ARCHIVE in bbox.not_run_reason(ctx, settings, tmp_path)
+    D.write_prepared_boxes({"ILSVRC2012_val_00000001": D.parse_voc_xml(
+        _xml("ILSVRC2012_val_00000001", 100, 80, ("n01", 1, 2, 50, 60)))}, tmp_path / "boxes.csv")
+    assert bbox.not_run_reason(ctx, settings, tmp_path) == ""
+    assert D.prepared_boxes(tmp_path)["ILSVRC2012_val_00000001"].first.ymax == 60
+    sample = stage_context("parchgrad_bbox", parchgrad={"bbox": {"images": {"resnet18": 2}}})
+    assert "imagenet.source is the sample" in bbox.not_run_reason(sample, settings, tmp_path)
+
+
+def test_every_parchgrad_stage_that_runs_models_counts_its_passes():
+    from replication.config import load_params
+    from replication.cost import stage_costs
+    from replication.pipeline import stages
+
+    declared = [s for name, s in stages().items() if name.startswith("parchgrad")]
+    running = {"parchgrad_statistics", "parchgrad_vc", "parchgrad_q_sweep",
+               "parchgrad_faithfulness", "parchgrad_costs", "parchgrad_statistics_checks",
+               "parchgrad_bbox"}
+    assert {s.name for s in declared if s.cost} == running
+    params = load_params(ROOT / "params.yaml", "quick")
+    rows = stage_costs(params, declared)
+    section = params["parchgrad"]
+    vc_maps = 1 + 2 * len(section["vc"]["hooks"]) * len(section["vc"]["channel_portions"])
+    found = {(stage, c.model, c.what): c for stage, c in rows}
+    lite0 = found[("parchgrad_vc", "efficientnet_lite0", f"E2: {vc_maps} maps per image")]
+    assert lite0.forward_backward == vc_maps * section["vc"]["images"]["efficientnet_lite0"]
+    subset = (section["statistics"]["subset"] or {}).get("efficientnet_lite0", 1000)
+    assert found[("parchgrad_statistics", "efficientnet_lite0",
+                  f"GAP over {subset:,} images (imagenet_sample)")].forward == subset
+    paper = dict(((s, c.model), c) for s, c in stage_costs(load_params(ROOT / "params.yaml",
+                                                                      "paper"), declared)
+                 if c.what.startswith("E4"))
+    assert paper[("parchgrad_bbox", "resnet18")].forward_backward == 5000 * 17
+
+
+def test_figures_of_a_stand_in_run_are_stamped(tmp_path, monkeypatch):
+    from replication import plotting
+
+    seen = []
+    monkeypatch.setattr(figures, "draw_all",
+                        lambda sources, out: seen.append(plotting._STAMP) or [])
+    for stand_in in (True, False):
+        figures.run(stage_context(
+            "parchgrad_figures", outputs={"out": tmp_path / str(stand_in)},
+            inputs={name: tmp_path / "none" for name in (*figures.RESULTS, *figures.MAPS)},
+            stand_in_weights=stand_in))
+    assert seen == [figures.STAND_IN_STAMP, None] and plotting._STAMP is None
+
+
+def test_sampled_claims_name_the_setting_of_their_n():
+    from replication.config import get, load_params
+
+    paper = load_params(ROOT / "params.yaml", "paper")
+    for claim in yaml.safe_load((ROOT / "claims" / "parchgrad.yaml").read_text())["claims"]:
+        if not claim.get("exact"):
+            assert "n_setting" in claim, claim["id"]
+        if "n_setting" in claim:
+            assert isinstance(get(paper, claim["n_setting"]), int), claim["id"]
 
 
 # --------------------------------------------------------------------------- the figure table
@@ -468,3 +651,22 @@ def test_figures_table_matches_the_inventory_and_the_claims():
         assert re.fullmatch(pattern, stem), f"{cid}'s figure {path} is not {by_claim[cid].stem}"
     for figure in figures.FIGURES:
         assert figure.tables and callable(figure.draw)
+
+
+def test_the_paper_dry_run_overlay_builds_every_parchgrad_stage_settings(tmp_path):
+    """The ParchGrad section of tests/paper_dry_run.yaml (the slow paper dry run's overlay)
+    validates on the paper profile: the paper's models and options, smoke counts."""
+    from replication.config import deep_merge, load_params
+    from replication.pipeline import StageContext, extract, stages
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overlay = yaml.safe_load((ROOT / "tests" / "paper_dry_run.yaml").read_text())
+    params["profiles"]["paper"] = deep_merge(params["profiles"]["paper"] or {}, overlay)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    resolved = load_params(tmp_path / "params.yaml", "paper")
+    assert resolved["parchgrad"]["statistics"]["subset"]["resnet18"] == 16
+    for name, stage in stages().items():
+        if name.startswith("parchgrad"):
+            context = StageContext(stage, extract(resolved, stage.reads), {}, {})
+            for key in stage.reads:
+                context.settings(key)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from conftest import stage_context
 from replication.attribution import ChannelStatistics, LayerStatistics
@@ -71,7 +72,8 @@ def test_mnist_statistics_set_excludes_the_validation_split(tmp_path, mirror):
 
 
 def test_statistics_stage_writes_corrected_and_bug_statistics(tmp_path, mirror):
-    """The stage on the first 300 images of the MNIST statistics set with an untrained CNN."""
+    """The stage on a seeded draw of 300 images of the MNIST statistics set with an untrained
+    CNN."""
     from replication.data import mnist
 
     mnist.prepare("mnist", tmp_path / "mnist", mirror=mirror)
@@ -81,15 +83,27 @@ def test_statistics_stage_writes_corrected_and_bug_statistics(tmp_path, mirror):
         "parchgrad_statistics", inputs={"mnist": tmp_path / "mnist", "mnist_cnn": tmp_path / "cnn.pt"},
         outputs={"out": tmp_path / "stats", "metrics": tmp_path / "metrics"},
         parchgrad={"models": {"mnist_cnn": {"checkpoint": "cnn.pt"}},
-                   "statistics": {"models": ["mnist_cnn"], "limit": {"mnist_cnn": 300}}})
+                   "statistics": {"models": ["mnist_cnn"], "subset": {"mnist_cnn": 300}}})
     S.run(ctx)
     corrected = ChannelStatistics.load(tmp_path / "stats" / "mnist_cnn.pt")
     bug = ChannelStatistics.load(tmp_path / "stats" / "mnist_cnn-authors-bug.pt")
     assert corrected.mode == "class" and list(corrected.layers) == ["conv1", "conv2"]
     assert S.last_layer_copy(bug) == {"conv1": True, "conv2": True}
     summary = json.loads((tmp_path / "metrics" / "mnist_cnn.json").read_text())
-    assert summary["n_images"] == 300 and "limited to the first 300" in summary["fallback_note"]
+    assert summary["n_images"] == 300 and summary["fallback_note"] == ""
+    assert summary["subset_note"] == "300 of the set's 55000 images, drawn with seed 0"
     assert list(summary["options"]) == ["equal_var", "pvalue_precision", "authors_stats_bug",
                                         "shapiro", "shapiro_max_samples", "seed"]
     assert summary["authors_bug"]["last_layer_copy"] == {"conv1": True, "conv2": True}
     assert 0 <= summary["shapiro_below_0.05"]["fraction"] <= 1
+
+
+def test_a_statistics_subset_is_a_seeded_draw_in_the_sets_order():
+    data = TensorDataset(torch.arange(100).float()[:, None], torch.arange(100))
+    drawn, note = S.seeded_subset(data, 10, seed=3)
+    again, _ = S.seeded_subset(data, 10, seed=3)
+    labels = drawn.tensors[1]
+    assert len(drawn) == 10 and torch.equal(labels, again.tensors[1])
+    assert torch.equal(labels, labels.sort().values) and not torch.equal(labels, torch.arange(10))
+    assert note == "10 of the set's 100 images, drawn with seed 3"
+    assert S.seeded_subset(data, None, 0) == (data, "") and S.seeded_subset(data, 100, 0)[1] == ""

@@ -3,8 +3,10 @@
 
 ``mu_in`` / ``mu_in_w`` (``boxes.box_energy``) at the authors' layer ratios and channel
 portions, for the correct box pairing and the authors' mismatched one; the plain Gradient is
-included (hooks "none"). Needs ``ILSVRC2012_bbox_val_v3.tgz`` in ``data/`` and the ILSVRC2012
-validation images; otherwise the stage writes a "not run" status and an empty table.
+included (hooks "none"). Reads the boxes the ``ilsvrc2012_val`` stage prepared
+(``datasets/ilsvrc2012_val/boxes.csv``, from ``ILSVRC2012_bbox_val_v3.tgz`` in ``data/``) and
+explains ILSVRC2012 validation images; without them the stage writes a "not run" status and an
+empty table.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer
+from replication.cost import Cost
 from replication.data import imagenet
 from replication.experiments.common import ImageSet
 from replication.data import boxes as D
@@ -27,7 +30,8 @@ from replication.experiments.parchgrad import boxes as B
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import Sources, model_name
 from replication.experiments.parchgrad.methods import (MethodOptions, gradient_pixel_map,
-                                                       hooked_convs, hooks_label, image_rows)
+                                                       hooked_convs, hooks_label, image_rows,
+                                                       map_cost)
 from replication.experiments.parchgrad.settings import BBoxSettings
 from replication.fileio import atomic_directory, write_json, write_table
 from replication.models.base import ModelCard
@@ -78,28 +82,40 @@ def bbox_energy(card: ModelCard, images: ImageSet, statistics: ChannelStatistics
     return pd.DataFrame(rows)
 
 
-def not_run_reason(ctx, settings: BBoxSettings, archive: Path, validation: Path) -> str:
+def cost(ctx) -> list[Cost]:
+    """Gradient, and ParchGrad(Gradient) with and without VC per hooks setting and q (counted
+    as if the boxes were there)."""
+    settings = ctx.settings("parchgrad.bbox")
+    maps = 1 + 2 * len(settings.hooks) * len(settings.channel_portions)
+    return [map_cost(ctx, name, "gradient", maps, count, f"E4: {maps} maps per image")
+            for name, count in loading.models_to_explain(settings.images).items()]
+
+
+def not_run_reason(ctx, settings: BBoxSettings, validation: Path) -> str:
     if not loading.models_to_explain(settings.images):
         return "not run: this profile explains no model with bounding boxes"
-    if not archive.exists():
-        return (f"not run: needs {settings.archive} in {ctx.input('archives')}/ "
-                "(not redistributable)")
     if not (validation / "labels.csv").is_file():
         return "not run: needs the ILSVRC2012 validation images (see data/README.md)"
+    if not (validation / "boxes.csv").is_file():
+        return (f"not run: needs {D.BOX_ARCHIVE} in data/ beside the ILSVRC2012 archives (not "
+                "redistributable; the ilsvrc2012_val stage prepares its boxes)")
+    if ctx.settings("imagenet.source") != "ilsvrc2012_val":
+        return ("not run: the box energy explains ILSVRC2012 validation images, and "
+                "imagenet.source is the sample")
     return ""
 
 
 def run(ctx) -> None:
-    """E4 box energy (C5, C6); "not run" without the box archive or ILSVRC2012 validation."""
+    """E4 box energy (C5, C6); "not run" without ILSVRC2012 validation and its boxes."""
     settings = ctx.settings("parchgrad.bbox")
-    archive = ctx.input("archives") / settings.archive
     validation = ctx.input("ilsvrc2012_val")
-    reason = not_run_reason(ctx, settings, archive, validation)
+    reason = not_run_reason(ctx, settings, validation)
     if reason:
         log.warning("parchgrad bbox: %s", reason)
         table = pd.DataFrame(columns=BBOX_COLUMNS)
     else:
-        annotations, all_rows = D.read_boxes(archive), imagenet.read_labels(validation)
+        annotations = D.prepared_boxes(validation)
+        all_rows = imagenet.read_labels(validation)
         tables, _ = loading.per_model(ctx, settings.images, bbox_energy, settings,
                                       MethodOptions.of(ctx), loading.explainer(ctx),
                                       annotations, all_rows)

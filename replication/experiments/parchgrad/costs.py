@@ -3,9 +3,13 @@ measured seconds per map (``parchgrad_costs``; claim C10).
 
 Each method is warmed up on one image (not the perturbation CAMs), then timed on the images
 (seconds per map, batched as the engine batches): Score-CAM / Ablation-CAM once on fewer images
-(one forward per channel of the CAM layer), the others ``repeats`` times, the fastest reported
-(the least disturbed by a shared CPU). CRP is not provided by the engine: its row has no
-measurement.
+(one forward per channel of the CAM layer; not timed when ``perturbation_images`` is 0), the
+others ``repeats`` times, the fastest reported (the least disturbed by a shared CPU). CRP is not
+provided by the engine: its row has no measurement.
+
+Claim C10b compares ParchGrad(Gradient) with Gradient on timings taken alternately
+(``paired_timings``: the two methods back to back, ``paired_repeats`` times), so that a load
+change on a shared CPU hits both; its value is the median of the per-repeat ratios.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import torch
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, create_method
+from replication.cost import Cost, method_passes
 from replication.experiments.common import ImageSet, stage_device
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import Sources, model_name
-from replication.experiments.parchgrad.methods import (MethodOptions, base_params, hooked_convs,
-                                                       method_spec)
+from replication.experiments.parchgrad.methods import (MethodOptions, base_params, counting_card,
+                                                       hooked_convs, method_spec)
 from replication.experiments.parchgrad.settings import Base, CostsSettings
 from replication.fileio import atomic_directory, write_json, write_table
 from replication.models.base import ModelCard
@@ -71,6 +76,10 @@ def time_method(card: ModelCard, name: str, params: dict, images: ImageSet,
     perturbation = name in PERTURBATION_METHODS
     count = min(settings.perturbation_images, len(images)) if perturbation else len(images)
     repeats = 1 if perturbation else settings.repeats
+    if count == 0:
+        return {"forward_backward": passes.forward_backward, "forward": passes.forward,
+                "images_timed": 0, "repeats": 0, "params": _describe(params),
+                "note": "not timed in this profile (perturbation_images: 0)"}
     if not perturbation:
         method.attribute(x[:1], y[:1])  # warm-up: allocator, hooks, lazy imports
     seconds = []
@@ -108,12 +117,71 @@ def method_costs(card: ModelCard, images: ImageSet, statistics: ChannelStatistic
     return table
 
 
+def _seconds_per_map(method, x, y) -> float:
+    started = time.perf_counter()
+    method.attribute(x, y)
+    return (time.perf_counter() - started) / len(x)
+
+
+def paired_timings(card: ModelCard, images: ImageSet, statistics: ChannelStatistics,
+                   settings: CostsSettings, options: MethodOptions,
+                   device: torch.device) -> pd.DataFrame:
+    """Gradient and ParchGrad(Gradient) timed back to back ``paired_repeats`` times (after a
+    warm-up of each): one row per repeat with both seconds per map (claim C10b)."""
+    convs = hooked_convs(card, settings.hooks)
+    methods = {}
+    for engine in ("gradient", "parchgrad"):
+        name, params = engine_spec(engine, statistics, convs, settings, options)
+        methods[engine] = create_method(name, card, **params)
+    x, y = images.images.to(device), images.labels.to(device)
+    for method in methods.values():
+        method.attribute(x[:1], y[:1])
+    rows = []
+    for repeat in range(settings.paired_repeats):
+        seconds = {engine: _seconds_per_map(method, x, y) for engine, method in methods.items()}
+        rows.append({"model": card.name, "repeat": repeat, "images": len(x),
+                     "gradient_seconds": seconds["gradient"],
+                     "parchgrad_seconds": seconds["parchgrad"],
+                     "ratio": seconds["parchgrad"] / seconds["gradient"]})
+    return pd.DataFrame(rows)
+
+
+def model_costs(card: ModelCard, images: ImageSet, statistics: ChannelStatistics,
+                settings: CostsSettings, options: MethodOptions,
+                device: torch.device) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return (method_costs(card, images, statistics, settings, options, device),
+            paired_timings(card, images, statistics, settings, options, device))
+
+
+def cost(ctx) -> list[Cost]:
+    """Per method: a one-image warm-up and ``repeats`` timings (the perturbation CAMs once on
+    ``perturbation_images``); then the paired Gradient / ParchGrad timings."""
+    settings = ctx.settings("parchgrad.costs")
+    models = ctx.settings("parchgrad.models")
+    costs = []
+    for name, count in loading.models_to_explain(settings.images).items():
+        card = counting_card(models[name].model)
+        for engine in (row[-1] for row in PAPER_METHOD_TABLE if row[-1] is not None):
+            base = "gradient" if engine == "parchgrad" else engine
+            maps = (min(settings.perturbation_images, count) if engine in PERTURBATION_METHODS
+                    else 1 + settings.repeats * count)
+            counted = method_passes(card, base, base_params(base, settings, 0), maps)
+            costs.append(Cost(card.name, f"E3: {engine}", counted.forward_backward,
+                              counted.forward))
+        pairs = 2 * (1 + settings.paired_repeats * count)
+        costs.append(Cost(card.name, "C10b: paired timings", pairs, 0))
+    return costs
+
+
 def run(ctx) -> None:
     settings = ctx.settings("parchgrad.costs")
-    tables, _ = loading.per_model(ctx, settings.images, method_costs, settings,
+    tables, _ = loading.per_model(ctx, settings.images, model_costs, settings,
                                   MethodOptions.of(ctx), stage_device(ctx))
     with atomic_directory(ctx.output("out")) as out:
-        write_table(pd.concat(tables.values(), ignore_index=True), out / "e3_costs.csv")
+        write_table(pd.concat([t[0] for t in tables.values()], ignore_index=True),
+                    out / "e3_costs.csv")
+        write_table(pd.concat([t[1] for t in tables.values()], ignore_index=True),
+                    out / "e3_paired_timings.csv")
     write_json(ctx.output("metrics"), loading.stage_metrics(ctx))
 
 

@@ -19,12 +19,13 @@ import pandas as pd
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer
+from replication.cost import Cost
 from replication.experiments.common import ImageSet
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import AUTHORS_MODELS, Sources, model_name
 from replication.experiments.parchgrad.methods import (MethodOptions, authors_pixel_map, explain,
-                                                       hooked_convs, image_rows, method_label,
-                                                       method_spec)
+                                                       hooked_convs, image_rows, map_cost,
+                                                       method_label, method_spec)
 from replication.experiments.parchgrad.settings import FaithfulnessSettings
 from replication.fileio import atomic_directory, write_json, write_table
 from replication.metrics import faithfulness as F
@@ -134,6 +135,19 @@ def faithfulness_comparisons(per_image: pd.DataFrame, resamples: int, seed: int)
         "p_value": compared["p_value"], "n_pairs": compared["n_pairs"],
         "higher_is_better": compared["higher_is_better"],
         "favours_parchgrad": compared["improvement"] > 0})
+
+
+def cost(ctx) -> list[Cost]:
+    """Each method's maps, and per map the clean and removed copies of both orders."""
+    settings = ctx.settings("parchgrad.faithfulness")
+    scored = 2 * (1 + len(settings.ratios))  # pixel_removal_curves: the clean copy and each ratio
+    costs = []
+    for name, count in loading.models_to_explain(settings.images).items():
+        for base, q in faithfulness_methods(settings):
+            maps = map_cost(ctx, name, base, 1, count, f"E5: {method_label(base, q)}", settings)
+            costs.append(Cost(maps.model, maps.what, maps.forward_backward,
+                              maps.forward + scored * count))
+    return costs
 
 
 def run(ctx) -> None:

@@ -82,10 +82,18 @@ def draw_all(sources: Sources, out: Path) -> list[Path]:
     return written
 
 
+STAND_IN_STAMP = "stand-in weights: every number is meaningless"
+
+
 def run(ctx) -> None:
+    """Every figure; stamped when the run used stand-in weights (a dry run)."""
     sources = Sources(tables=read_results(ctx.input(name) for name in RESULTS),
                       maps={name.removesuffix("_maps"): read_maps(ctx.input(name))
                             for name in MAPS},
                       profile=ctx.settings("profile"))
-    with atomic_directory(ctx.output("out")) as out:
-        draw_all(sources, out)
+    plotting.stamp_figures(STAND_IN_STAMP if ctx.settings("stand_in_weights") else None)
+    try:
+        with atomic_directory(ctx.output("out")) as out:
+            draw_all(sources, out)
+    finally:
+        plotting.stamp_figures(None)

@@ -23,11 +23,11 @@ import torch
 from replication.attribution import ChannelStatistics, Explainer
 from replication.data import imagenet
 from replication.errors import ConfigError, DataError
-from replication.experiments.common import (ImageSet, imagenet_set, mnist_set, stage_device,
-                                            stage_explainer, trained_mnist_model)
+from replication.experiments.common import (ImageSet, imagenet_card, imagenet_set, mnist_set,
+                                            stage_device, stage_explainer, trained_mnist_model)
 from replication.experiments.parchgrad.settings import ModelEntry
 from replication.fileio import read_table
-from replication.models import ModelCard, create_model
+from replication.models import ModelCard
 
 # parchgrad.statistics_variant -> the statistics file's suffix
 STATISTICS_VARIANTS = {"corrected": "", "authors_bug": "-authors-bug"}
@@ -60,14 +60,17 @@ def _checkpoint(ctx, file_name: str) -> Path:
 
 
 def load_card(ctx, name: str) -> ModelCard:
-    """The model of catalogue entry ``name`` (trained weights where it names a checkpoint), in
-    eval mode on the stage's device; loaded once per stage."""
+    """The model of catalogue entry ``name`` in eval mode on the stage's device, loaded once per
+    stage: the train stage's checkpoint where the entry names one, else the ImageNet model
+    through ``imagenet_card`` (stand-in weights where ``stand_in_weights`` allows them)."""
     key = ("parchgrad_card", name)
     if key not in ctx.cache:
         entry = model_entry(ctx, name)
-        card = (trained_mnist_model(_checkpoint(ctx, entry.checkpoint), "cnn")
-                if entry.checkpoint else create_model(entry.model))
-        card.model.eval().to(stage_device(ctx))
+        if entry.checkpoint:
+            card = trained_mnist_model(_checkpoint(ctx, entry.checkpoint), "cnn")
+            card.model.eval().to(stage_device(ctx))
+        else:
+            card = imagenet_card(ctx, entry.model)
         ctx.cache[key] = card
     return ctx.cache[key]
 

@@ -11,6 +11,7 @@ RGB of |map| for Gradient, Gradient⊙Input and SmoothGrad, |mean over RGB| for 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from replication.attribution import ChannelStatistics, Explainer
 from replication.attribution.channel_statistics import conv_names
+from replication.cost import Cost, method_passes
 from replication.errors import ConfigError
 from replication.experiments.common import ImageSet
 from replication.experiments.parchgrad.settings import BaseMethodSettings
@@ -128,3 +130,24 @@ def image_rows(card: ModelCard, images: ImageSet) -> list[dict]:
     """The identifying columns of each image's rows (model, image, label)."""
     return [{"model": card.name, "image": images.names[i], "label": int(images.labels[i])}
             for i in range(len(images))]
+
+
+# --------------------------------------------------------------------------- cost (no weights)
+
+@functools.lru_cache(maxsize=None)
+def counting_card(model: str) -> ModelCard:
+    """A card to count passes with: the architecture, random weights (counting needs none)."""
+    from replication.models import create_model
+
+    return create_model(model) if model.startswith("mnist") else create_model(model,
+                                                                               pretrained=False)
+
+
+def map_cost(ctx, entry: str, base: str, maps: int, images: int, what: str,
+             settings: BaseMethodSettings | None = None) -> Cost:
+    """The passes of ``maps`` maps per image of ``base`` on ``images`` images of catalogue entry
+    ``entry`` (ParchGrad over a base costs the base's passes: its hooks add none)."""
+    model = ctx.settings("parchgrad.models")[entry].model
+    counted = method_passes(counting_card(model), base, base_params(base, settings, 0),
+                            maps * images)
+    return Cost(model, what, counted.forward_backward, counted.forward)

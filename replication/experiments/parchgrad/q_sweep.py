@@ -21,6 +21,7 @@ from torch import Tensor
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer
+from replication.cost import Cost
 from replication.experiments.common import ImageSet
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import (AUTHORS_MODELS, Sources, gallery_rows,
@@ -29,7 +30,7 @@ from replication.experiments.parchgrad.display import (AUTHORS_MODELS, Sources, 
                                                        save_gallery)
 from replication.experiments.parchgrad.methods import (MethodOptions, authors_pixel_map, explain,
                                                        flat, hooked_convs, hooks_label,
-                                                       image_rows, method_spec)
+                                                       image_rows, map_cost, method_spec)
 from replication.experiments.parchgrad.settings import QSweepSettings
 from replication.fileio import atomic_directory, write_json, write_npz, write_table
 from replication.metrics import similarity
@@ -100,6 +101,15 @@ def sweep_summary(table: pd.DataFrame,
                              "mean": values["mean"], "sd": values["std"],
                              "n": int(values["count"]), "monotone": monotone})
     return pd.DataFrame(rows)
+
+
+def cost(ctx) -> list[Cost]:
+    """Gradient, ParchGrad(Gradient) at each q, and q = 1 again without the Shapiro filter."""
+    settings = ctx.settings("parchgrad.q_sweep")
+    portions = [float(q) for q in settings.channel_portions]
+    maps = 1 + len(portions) + (1.0 in portions)
+    return [map_cost(ctx, name, "gradient", maps, count, f"E6: {maps} maps per image")
+            for name, count in loading.models_to_explain(settings.images).items()]
 
 
 def run(ctx) -> None:

@@ -55,7 +55,8 @@ class StatisticsSettings(Settings):
     shapiro: bool
     shapiro_max_samples: Annotated[int | None, Range(ge=3)]  # null: every image, as the authors
     authors_bug: bool  # also write <model>-authors-bug.pt for class-wise sets (C12)
-    limit: dict[str, PositiveInt] | None  # the first N images of a model's set (smoke)
+    # {model: N}: N images of the model's set drawn with `seed` (the budget; null: every image)
+    subset: dict[str, PositiveInt] | None
     batch_size: PositiveInt
     q_for_ties: ChannelPortion  # the q at which the summary counts float32 ties
 
@@ -133,8 +134,10 @@ class CostsSettings(BaseMethodSettings):
     """E3: the method comparison table with passes and seconds per map (C10)."""
 
     images: ImageCounts
-    perturbation_images: PositiveInt  # Score-CAM / Ablation-CAM: one forward per channel
+    # Score-CAM / Ablation-CAM: one forward per channel (0: passes counted, not timed)
+    perturbation_images: NonNegativeInt
     repeats: PositiveInt  # the other methods: the fastest of `repeats` timings
+    paired_repeats: Annotated[int, Range(ge=2)]  # C10b: Gradient / ParchGrad timed alternately
     hooks: Hooks
     channel_portion: ChannelPortion
 
@@ -158,10 +161,10 @@ class StatisticsChecksSettings(Settings):
 
 @settings
 class BBoxSettings(Settings):
-    """E4: box energy mu_in / mu_in_w (C5, C6); needs the box archive in data/."""
+    """E4: box energy mu_in / mu_in_w (C5, C6); needs ILSVRC2012 validation and its boxes
+    (datasets/ilsvrc2012_val/boxes.csv, prepared from the box archive in data/)."""
 
     images: ImageCounts
-    archive: str  # the box archive's file name in data/
     hooks: tuple[Hooks, ...]
     channel_portions: tuple[ChannelPortion, ...]
     pairings: tuple[Literal["correct", "authors"], ...]  # authors: their index mismatch
@@ -182,13 +185,17 @@ class ClaimsSettings(Settings):
     sequential_model: str  # C4
     skip_model: str  # C7
     skip_hooks: str  # C7: a hooks label (default or r=<ratio>)
+    sweep_models: tuple[str, ...]  # C9: every model whose sweep must fall monotonically
     faithfulness_model: str  # C8
     faithfulness_q: ChannelPortion
     cost_model: str  # C10
     shapiro_model: str  # C11
     bug_model: str  # C12
     bbox: BBoxClaims  # C5, C6
-    bootstrap_resamples: PositiveInt  # C7's paired comparison
+    # The ImageNet architectures every ImageNet claim is also judged on (its per_model values);
+    # those a profile does not run are skipped.
+    architectures: tuple[str, ...]
+    bootstrap_resamples: PositiveInt  # every claim's 95% interval
 
 
 @settings
@@ -212,7 +219,9 @@ class ParchGrad(Settings):
 
     def __post_init__(self) -> None:
         named = {"statistics.models": self.statistics.models,
-                 "statistics.limit": tuple(self.statistics.limit or {}),
+                 "claims.architectures": self.claims.architectures,
+                 "claims.sweep_models": self.claims.sweep_models,
+                 "statistics.subset": tuple(self.statistics.subset or {}),
                  "statistics_checks.bug_models": self.statistics_checks.bug_models}
         named.update({f"{key}.images": tuple(getattr(self, key).images) for key in
                       ("vc", "q_sweep", "faithfulness", "costs", "statistics_checks", "bbox")})

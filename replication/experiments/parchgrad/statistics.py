@@ -18,6 +18,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from replication.attribution import ChannelStatistics, LayerStatistics
 from replication.attribution._significance import class_log_pvalues, float32_tied
 from replication.attribution.channel_statistics import gather_gap, statistics_loader
+from replication.cost import Cost
 from replication.data import mnist
 from replication.data.tensors import ImageNetImages, mnist_tensors
 from replication.errors import ConfigError, DataError
@@ -44,6 +46,8 @@ STATISTICS_DATA = {
     "ilsvrc2012_val": ("ilsvrc2012_val", "class"),
     "ilsvrc2012_train": ("ilsvrc2012_train", "class"),
 }
+FALLBACK_NOTE = ("ILSVRC2012 validation was not supplied: instance-wise statistics on the "
+                 "1000-image sample instead of the authors' class-wise ones")
 # Descriptions stored in ``meta["statistics_set"]``: what each set is and what it implies.
 STATISTICS_SETS = {
     "mnist_train": "MNIST training images 5000–59999 (55,000; the first 5,000 are the "
@@ -80,31 +84,42 @@ def imagenet_statistics_set(folder: str | os.PathLike, card: ModelCard,
     return ImageNetImages(folder, card.preprocessing.transform(), indices)
 
 
-def statistics_data(ctx, name: str, card: ModelCard) -> tuple[Dataset, str, str, str]:
-    """(dataset, statistics set key, mode, note) of model ``name``, with the ILSVRC fallback
-    and the profile's limit."""
+def statistics_data(ctx, name: str, card: ModelCard) -> tuple[Dataset, str, str, str, str]:
+    """(dataset, statistics set key, mode, fallback note, subset note) of model ``name``, with
+    the ILSVRC fallback and the profile's subset."""
     key = model_entry(ctx, name).statistics_set
     folder_name, mode = STATISTICS_DATA[key]
-    folder, note = dataset_folder(ctx, folder_name), ""
+    folder, fallback = dataset_folder(ctx, folder_name), ""
     if key in ("mnist_train", "fashion_mnist_train"):
         data = mnist_statistics_set(folder, ctx.settings("data.validation_size"))
     else:
         if key == "ilsvrc2012_val" and not (folder / "labels.csv").is_file():
             folder, key, mode = ctx.input("imagenet_sample"), "imagenet_sample", "instance"
-            note = ("ILSVRC2012 validation was not supplied: instance-wise statistics on the "
-                    "1000-image sample instead")
-            log.warning(note)
+            fallback = FALLBACK_NOTE
+            log.warning(fallback)
         elif not (folder / "labels.csv").is_file():
             raise DataError(f"{folder} is not a prepared ImageNet folder (images/ + labels.csv)"
                             + (": prepare ILSVRC2012 training images there yourself"
                                if key == "ilsvrc2012_train" else ""))
         data = imagenet_statistics_set(folder, card)
-    limit = (ctx.settings("parchgrad.statistics.limit") or {}).get(name)
-    if limit is not None and limit < len(data):
-        data = (TensorDataset(*(t[:limit] for t in data.tensors))
-                if isinstance(data, TensorDataset) else Subset(data, range(limit)))
-        note = (note + "; " if note else "") + f"limited to the first {limit} images (smoke)"
-    return data, key, mode, note
+    data, subset = seeded_subset(data, (ctx.settings("parchgrad.statistics.subset") or {}).get(name),
+                                 ctx.settings("seed"))
+    return data, key, mode, fallback, subset
+
+
+def seeded_subset(data: Dataset, size: int | None, seed: int) -> tuple[Dataset, str]:
+    """``size`` images of ``data`` drawn with ``seed`` (kept in the set's order), and a note;
+    all of them when ``size`` is None or not smaller. A draw, not the first images: the
+    ImageNet sample is sorted by class."""
+    total = len(data)
+    if size is None or size >= total:
+        return data, ""
+    chosen = np.sort(np.random.default_rng(seed).permutation(total)[:size])
+    if isinstance(data, TensorDataset):
+        data = TensorDataset(*(t[torch.from_numpy(chosen)] for t in data.tensors))
+    else:
+        data = Subset(data, chosen.tolist())
+    return data, f"{size} of the set's {total} images, drawn with seed {seed}"
 
 
 # --------------------------------------------------------------------------- the authors' bug
@@ -230,13 +245,14 @@ def fit_model(ctx, name: str, out: Path) -> dict:
     settings = ctx.settings("parchgrad.statistics")
     started = time.perf_counter()
     card = load_card(ctx, name)
-    data, key, mode, note = statistics_data(ctx, name, card)
+    data, key, mode, fallback, subset = statistics_data(ctx, name, card)
     gaps, labels = gather_gap(card.model, statistics_loader(data, settings.batch_size),
                               device=stage_device(ctx))
     gather_seconds = time.perf_counter() - started
     meta = {"model": card.name, "model_entry": name, "statistics_set": STATISTICS_SETS[key],
             "statistics_set_key": key, "layers_stored": "all convs",
-            "seconds_gather": round(gather_seconds, 1), "fallback_note": note}
+            "seconds_gather": round(gather_seconds, 1), "fallback_note": fallback,
+            "subset_note": subset}
     corrected = ChannelStatistics.from_gaps(
         gaps, labels, card.num_classes, mode, equal_var=settings.equal_var,
         pvalue_precision=settings.pvalue_precision, shapiro=settings.shapiro,
@@ -244,6 +260,7 @@ def fit_model(ctx, name: str, out: Path) -> dict:
     corrected.meta["options"] = with_bug_flag(corrected.meta["options"], False)
     corrected.save(out / f"{name}.pt")
     summary = statistics_summary(corrected, gaps, float(settings.q_for_ties))
+    summary["statistics_set_key"] = key
     if settings.authors_bug and mode == "class":
         bug = authors_bug_statistics(gaps, labels, card.num_classes, corrected)
         bug.save(out / f"{name}-authors-bug.pt")
@@ -251,10 +268,30 @@ def fit_model(ctx, name: str, out: Path) -> dict:
                                   "last_layer_copy": last_layer_copy(bug),
                                   "source_layer": bug.meta.get("bug_source_layer")}
     summary.update(seconds_total=round(time.perf_counter() - started, 1),
-                   seconds_gather=round(gather_seconds, 1), fallback_note=note)
+                   seconds_gather=round(gather_seconds, 1), fallback_note=fallback,
+                   subset_note=subset)
     log.info("parchgrad statistics %s (%s, %s): %d images in %.0f s", name, key, mode,
              summary.get("n_images", len(labels)), summary["seconds_total"])
     return summary
+
+
+def statistics_set_size(ctx, key: str) -> int:
+    """Images in a statistics set (ILSVRC2012 training: the full set; the sample also stands
+    for a missing ILSVRC2012 validation, which costs more)."""
+    mnist = 60_000 - ctx.settings("data.validation_size")
+    return {"mnist_train": mnist, "fashion_mnist_train": mnist, "imagenet_sample": 1_000,
+            "ilsvrc2012_val": 50_000, "ilsvrc2012_train": 1_281_167}[key]
+
+
+def cost(ctx) -> list[Cost]:
+    """One forward per statistics image of each model (the GAP of every conv)."""
+    models, settings = ctx.settings("parchgrad.models"), ctx.settings("parchgrad.statistics")
+    costs = []
+    for name in settings.models:
+        key = models[name].statistics_set
+        images = min(statistics_set_size(ctx, key), (settings.subset or {}).get(name) or 10**9)
+        costs.append(Cost(models[name].model, f"GAP over {images:,} images ({key})", 0, images))
+    return costs
 
 
 def run(ctx) -> None:

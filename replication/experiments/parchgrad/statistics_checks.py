@@ -20,12 +20,14 @@ from torch import Tensor
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer, create_method, select_channels
+from replication.cost import Cost
 from replication.errors import ConfigError, DataError
 from replication.experiments.common import ImageSet, stage_device
 from replication.experiments.parchgrad import loading
 from replication.experiments.parchgrad.display import Sources
-from replication.experiments.parchgrad.methods import (MethodOptions, flat, gradient_pixel_map,
-                                                       hooked_convs, image_rows)
+from replication.experiments.parchgrad.methods import (MethodOptions, counting_card, flat,
+                                                       gradient_pixel_map, hooked_convs,
+                                                       image_rows, map_cost)
 from replication.experiments.parchgrad.settings import StatisticsChecksSettings
 from replication.experiments.parchgrad.statistics import last_layer_copy
 from replication.fileio import atomic_directory, atomic_write_text, concat_tables, write_json
@@ -239,13 +241,53 @@ def dead_channel_check(card: ModelCard, images: ImageSet, statistics: ChannelSta
 
 # --------------------------------------------------------------------------- the stage
 
+def cost(ctx) -> list[Cost]:
+    """C12: ParchGrad(Gradient) under both statistics at each q, per bug model (counted as if
+    its statistics were class-wise); dead channels: two forwards per hooked conv and image of
+    the instance-wise models (counted for every ImageNet model)."""
+    settings, models = ctx.settings("parchgrad.statistics_checks"), ctx.settings("parchgrad.models")
+    counts = loading.models_to_explain(settings.images)
+    maps = 2 * len(settings.channel_portions)
+    costs = [map_cost(ctx, name, "gradient", maps, counts[name], f"C12: {maps} maps per image")
+             for name in settings.bug_models]
+    for name, count in counts.items():
+        if models[name].images == "imagenet":
+            convs = len(hooked_convs(counting_card(models[name].model), settings.hooks))
+            costs.append(Cost(models[name].model, "dead channels", 0, 2 * convs * count))
+    return costs
+
+
+BUG_NEEDS_CLASSES = ("not run: the authors' bug needs class-wise statistics (ILSVRC2012 "
+                     "archives)")
+
+
+def bug_status(ctx, name: str) -> str:
+    """Why C12 cannot be measured on ``name`` ("" when it can): the bug is one of the
+    class-wise test, so a model whose statistics are instance-wise (the ImageNet sample, or the
+    fallback to it without the ILSVRC2012 archives) has no bug-compatible statistics."""
+    statistics = loading.load_statistics(ctx, name, "")
+    if statistics.mode == "class" and (ctx.input("statistics") / f"{name}-authors-bug.pt").is_file():
+        return ""
+    if statistics.mode == "class":
+        return (f"not run: {name}-authors-bug.pt is missing (parchgrad.statistics.authors_bug is "
+                "off)")
+    fallback = statistics.meta.get("fallback_note")
+    return BUG_NEEDS_CLASSES + (f"; {name}: {fallback}" if fallback else
+                                f"; {name}'s statistics are instance-wise")
+
+
 def run(ctx) -> None:
     settings, options = ctx.settings("parchgrad.statistics_checks"), MethodOptions.of(ctx)
     explainer = loading.explainer(ctx)
     summaries = loading.read_statistics_summaries(ctx.input("statistics_metrics"))
     counts = loading.models_to_explain(settings.images)
-    selections, bug_maps, dead = [], [], []
+    selections, bug_maps, dead, status = [], [], [], []
     for name in settings.bug_models:
+        reason = bug_status(ctx, name)
+        status.append({"model": name, "status": "not run" if reason else "run",
+                       "reason": reason})
+        if reason:
+            continue
         result = statistics_bug_effect(
             loading.load_card(ctx, name), loading.explained_images(ctx, name, counts[name]),
             loading.load_statistics(ctx, name, ""),
@@ -262,6 +304,8 @@ def run(ctx) -> None:
         write_table(shapiro_table(summaries), out / "s1_shapiro.csv")
         write_table(concat_tables(selections), out / "s1_bug_selection.csv")
         write_table(concat_tables(bug_maps), out / "s1_bug_maps.csv")
+        write_table(pd.DataFrame(status, columns=["model", "status", "reason"]),
+                    out / "s1_bug_status.csv")
         write_table(concat_tables(dead), out / "s1_dead_channels.csv")
     write_json(ctx.output("metrics"), loading.stage_metrics(ctx))
 
@@ -276,6 +320,10 @@ def draw_statistics(sources: Sources, out: Path) -> list[Path]:
     bug_maps = tables.get("s1_bug_maps", pd.DataFrame())
     parts = [("Shapiro–Wilk filter: channels with p < 0.05 (kept by the authors' filter; C11)",
               shapiro)]
+    status = tables.get("s1_bug_status", pd.DataFrame())
+    if not status.empty and (status["status"] != "run").any():
+        parts.append(("The authors' statistics bug: models it could not be measured on (C12)",
+                      status[status["status"] != "run"]))
     if not selection.empty:
         parts.append(("The authors' statistics bug: H sets of corrected vs bug-compatible "
                       "statistics (C12)", selection))

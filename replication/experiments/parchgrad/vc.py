@@ -21,6 +21,7 @@ from torch import Tensor
 
 from replication import plotting
 from replication.attribution import ChannelStatistics, Explainer
+from replication.cost import Cost
 from replication.errors import ConfigError
 from replication.experiments.common import ImageSet
 from replication.experiments.parchgrad import loading
@@ -30,7 +31,8 @@ from replication.experiments.parchgrad.display import (AUTHORS_MODELS, Sources, 
                                                        save_gallery)
 from replication.experiments.parchgrad.methods import (MethodOptions, authors_pixel_map, explain,
                                                        flat, gradient_pixel_map, hooked_convs,
-                                                       hooks_label, image_rows, method_spec)
+                                                       hooks_label, image_rows, map_cost,
+                                                       method_spec)
 from replication.experiments.parchgrad.settings import VCSettings
 from replication.fileio import atomic_directory, write_json, write_npz, write_table
 from replication.metrics import similarity
@@ -127,6 +129,14 @@ def vc_ablation(card: ModelCard, images: ImageSet, statistics: ChannelStatistics
                        "pearson": r[i], "best_scale": scale[i], "relative_residual": residual[i]}
                       for i, row in enumerate(rows)]
     return VCResult(pd.DataFrame(artifacts), pd.DataFrame(pairs), maps)
+
+
+def cost(ctx) -> list[Cost]:
+    """Gradient, then ParchGrad(Gradient) with and without VC per hooks setting and q."""
+    settings = ctx.settings("parchgrad.vc")
+    maps = 1 + 2 * len(settings.hooks) * len(settings.channel_portions)
+    return [map_cost(ctx, name, "gradient", maps, count, f"E2: {maps} maps per image")
+            for name, count in loading.models_to_explain(settings.images).items()]
 
 
 def run(ctx) -> None:
