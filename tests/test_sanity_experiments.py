@@ -26,10 +26,12 @@ from replication.experiments.sanity_checks.model_randomization import (randomiza
                                                                        run_randomization,
                                                                        similarity_panels,
                                                                        summarize_table)
-from replication.experiments.sanity_checks.settings import SanityChecks, SimilaritySettings
+from replication.experiments.sanity_checks.settings import (Bootstrap, SanityChecks,
+                                                            SimilaritySettings)
 from replication.randomization import RandomizationOptions
 from replication.experiments.sanity_checks.toys import linear_identities
 from replication.fileio import read_table
+from replication.metrics.stats import bootstrap_statistic
 from replication.metrics.similarity import CALIBRATION_METRICS
 from replication.models import create_model
 from replication.plotting import markdown_table, save_figure
@@ -96,31 +98,113 @@ def test_several_conventions_are_compared_on_the_same_maps(cnn, digits, explaine
     assert set(table.loc[table["method"] != "", "convention"]) == {"None", "99.0"}
 
 
-def _synthetic_summary(values: dict[str, list[float]], metric: str, mode: str = "cascading"):
+STAGES = ["Original", "fc2", "fc1", "conv2", "conv1"]
+
+
+def _per_image_table(values: dict[str, list[list[float]]], metric: str,
+                     mode: str = "cascading") -> pd.DataFrame:
+    """A randomization table: ``values[method][image]`` are the randomized stages' values."""
     rows = []
-    for method, per_stage in values.items():
-        for index, value in enumerate([1.0, *per_stage]):
-            rows.append({"model": "mnist_cnn", "mode": mode, "stage_index": index,
-                         "stage": ["Original", "fc2", "fc1", "conv2", "conv1"][index],
-                         "method": method, "convention": "authors_code", "metric": metric,
-                         "mean": value, "sd": 0.0, "n": 4, "n_nan": 0})
+    for method, per_image in values.items():
+        for image, per_stage in enumerate(per_image):
+            for index, value in enumerate([1.0, *per_stage]):
+                rows.append({"model": "mnist_cnn", "mode": mode, "stage_index": index,
+                             "stage": STAGES[index], "method": method,
+                             "convention": "authors_code", "metric": metric, "image": image,
+                             "value": value})
     return pd.DataFrame(rows)
 
 
+def _both_metrics(values: dict[str, list[list[float]]]) -> pd.DataFrame:
+    return pd.concat([_per_image_table(values, "spearman_diverging"),
+                      _per_image_table(values, "spearman_abs")])
+
+
 def test_claim_values_follow_the_curves(cnn):
-    falls = {"input_x_gradient": [0.5, 0.2, 0.05, 0.0], "integrated_gradients": [0.4, 0.1, 0.02, 0.01]}
-    values = claims.model_randomization_claims(_synthetic_summary(falls, "spearman_diverging")
-                                                .pipe(lambda d: pd.concat([d, _synthetic_summary(
-                                                    falls, "spearman_abs")])), None, cnn)
-    assert values["C1"]["value"] == pytest.approx(0.05)  # the largest from the third stage on
+    falls = {"input_x_gradient": [[0.5, 0.2, 0.05, 0.0], [0.5, 0.2, 0.05, 0.0]],
+             "integrated_gradients": [[0.4, 0.1, 0.0, 0.01], [0.4, 0.1, 0.04, 0.01]]}
+    values = claims.model_randomization_claims(_both_metrics(falls), None, cnn)
+    assert values["C1"]["value"] == pytest.approx(0.05)  # the largest mean from the third stage on
     assert values["C2"]["value"] == pytest.approx(0.0)
-    stays = {"input_x_gradient": [0.5, 0.4, 0.3, 0.3], "integrated_gradients": [0.4, 0.3, 0.3, 0.2]}
-    values = claims.model_randomization_claims(_synthetic_summary(stays, "spearman_diverging")
-                                                .pipe(lambda d: pd.concat([d, _synthetic_summary(
-                                                    stays, "spearman_abs")])), None, cnn)
+    assert "value_ci" not in values["C1"]  # no bootstrap settings: point values only
+    stays = {"input_x_gradient": [[0.5, 0.4, 0.3, 0.3]], "integrated_gradients": [[0.4, 0.3, 0.3, 0.2]]}
+    values = claims.model_randomization_claims(_both_metrics(stays), None, cnn)
     assert values["C1"]["value"] == pytest.approx(0.3)
     positions = claims.stage_positions(cnn, 4)
     assert positions["cam"] == 3  # conv2 feeds the CAM layer relu2
+
+
+@pytest.mark.parametrize("model", ["efficientnet_lite0", "efficientnet_lite1",
+                                   "efficientnet_lite2", "inception_v3"])
+def test_the_paper_blocks_map_onto_every_imagenet_model(model):
+    card = create_model(model, pretrained=False)
+    n = len(card.randomization_blocks)
+    at = claims.stage_positions(card, n)
+    labels = [label for label, _ in card.randomization_blocks]
+    if model == "inception_v3":  # the paper's own blocks
+        assert (n, labels[at["cam"] - 1], labels[at["middle"] - 1]) == (17, "Mixed_7c", "Mixed_6a")
+        assert labels[at["top"][-1] - 1] == "Mixed_6e" and labels[at["stem"][0] - 1] == "Conv2d_4a_3x3"
+    else:  # every Lite model has the same 10 stages: the CAM layer bn2 is randomized with conv_head
+        assert (n, labels[at["cam"] - 1], at["middle"], at["top"], at["stem"]) == (
+            10, "conv_head", 5, [1, 2, 3], [8, 9, 10])
+
+
+def test_a_claims_interval_is_the_bootstrap_of_its_whole_statistic(cnn):
+    rng = np.random.default_rng(3)
+    values = {m: rng.uniform(0, 1, (12, 4)).tolist() for m in ("input_x_gradient",
+                                                            "integrated_gradients",
+                                                            "gradient", "guided_backprop")}
+    settings = Bootstrap(n_resamples=300, confidence=0.95)
+    found = claims.model_randomization_claims(_both_metrics(values), None, cnn, settings, seed=7)
+    # C2: the least favourable mean ABS rank correlation over both methods and every stage,
+    # recomputed on every resample of the 12 images
+    rows = np.column_stack([np.array(values[m])[:, s] for m in claims.C1_METHODS
+                            for s in range(4)])
+    expected = bootstrap_statistic(rows, lambda r: r.mean(axis=0).min(), n_resamples=300,
+                                   seed=7)
+    assert found["C2"]["value"] == pytest.approx(rows.mean(axis=0).min(), abs=atol(1.0, ops=12))
+    assert found["C2"]["value_ci"] == expected.as_json() and found["C2"]["value_ci"]["n"] == 12
+    # C4: a ratio of means (the middle stage over the first), not a mean of ratios
+    gbp = np.array(values["guided_backprop"])
+    middle = claims.stage_positions(cnn, 4)["middle"]
+    assert found["C4"]["value"] == pytest.approx(gbp[:, middle - 1].mean() / gbp[:, 0].mean())
+    again = claims.model_randomization_claims(_both_metrics(values), None, cnn, settings, seed=7)
+    assert again["C4"]["value_ci"] == found["C4"]["value_ci"]  # seeded: reproducible
+
+
+def test_a_claim_over_several_methods_uses_the_images_all_of_them_explained(cnn):
+    values = {"input_x_gradient": [[0.5, 0.4, 0.3, 0.2]] * 6,
+              "integrated_gradients": [[0.6, 0.5, 0.4, 0.3]] * 2}
+    found = claims.model_randomization_claims(_both_metrics(values), None, cnn,
+                                              Bootstrap(n_resamples=100, confidence=0.95))
+    assert found["C2"]["value_ci"]["n"] == 2 and found["C2"]["value"] == pytest.approx(0.2)
+
+
+def test_per_model_claims_keep_the_primary_value_and_list_every_model():
+    merged = claims.per_model_claims({
+        "lite0": {"stages": {"n": 10}, "C4": {"value": 0.8, "value_ci": {"low": 0.7}, "stage": "x"}},
+        "lite1": {"stages": {"n": 10}, "C4": {"value": 0.6, "value_ci": {"low": 0.5}}},
+        "lite2": {"stages": {"n": 10}}})
+    assert merged["C4"]["value"] == 0.8 and merged["C4"]["stage"] == "x"
+    assert merged["C4"]["per_model"]["lite1"] == {"value": 0.6, "value_ci": {"low": 0.5}}
+    assert "reason" in merged["C4"]["per_model"]["lite2"]
+    assert set(merged["stages"]) == {"lite0", "lite1", "lite2"}
+
+
+def test_calibration_claims_resample_the_images():
+    rng = np.random.default_rng(0)
+    rows = [{"comparison": f"{ref} vs {other}", "reference": ref, "other": other, "metric": metric,
+             "image": image, "value": value}
+            for ref, other, centre in (("gradient", "gaussian", 0.001), ("uniform", "uniform", 0.08))
+            for metric in ("spearman_abs", "hog")
+            for image, value in enumerate(rng.normal(centre, 0.01, 10))]
+    values = pd.DataFrame(rows)
+    found = claims.calibration_claims(values, Bootstrap(n_resamples=200, confidence=0.95))
+    means = values.groupby(["comparison", "metric"])["value"].mean()
+    assert found["C7_hog_uniform"]["value"] == pytest.approx(means[("uniform vs uniform", "hog")])
+    others = means.drop(("uniform vs uniform", "hog"))
+    assert found["C7"]["value"] == pytest.approx(others.abs().max())
+    assert found["C7"]["value_ci"]["n"] == 10 and found["C7_hog_uniform"]["value_ci"]["unit"] == "mask pairs"
 
 
 def test_data_randomization_of_a_model_against_itself_is_perfectly_similar(cnn, digits, explainer):
@@ -176,10 +260,11 @@ def test_figures_draw_from_tables(tmp_path, cascading):
 
 def test_calibration_table_puts_the_papers_numbers_beside_ours():
     calibration = pd.DataFrame([{"comparison": "uniform vs uniform", "reference": "uniform",
-                                 "other": "uniform", "metric": m, "mean": 0.1, "sd": 0.0, "n": 5}
-                                for m in CALIBRATION_METRICS])
-    table = calibration_table(calibration)
-    assert table.loc[0, "hog (paper)"] == 0.078 and table.loc[0, "hog (ours)"] == 0.1
+                                 "other": "uniform", "metric": m, "image": i, "value": 0.1 * i}
+                                for m in CALIBRATION_METRICS for i in range(3)])
+    table = calibration_table(calibration)  # the per-image values, summarized
+    assert table.loc[0, "hog (paper)"] == 0.078 and table.loc[0, "hog (ours)"] == pytest.approx(0.1)
+    assert table.loc[0, "images"] == 3
     assert "| uniform vs uniform |" in markdown_table(table)
 
 
@@ -199,8 +284,10 @@ def test_negative_image_counts_are_refused(mnist_folder):
      r" does not configure"),
     (lambda s: s["bn_study"].update(batchnorm=["authors_code", "all"]),
      r"sanity_checks.bn_study.batchnorm\[1\] is 'all'"),
-    (lambda s: s["imagenet"].update(model="inception_v4"),
-     r"sanity_checks.imagenet.model is 'inception_v4'; choose one of"),
+    (lambda s: s["imagenet"].update(run_models=["inception_v4"]),
+     r"sanity_checks.imagenet.run_models is \['inception_v4'\]; name each model once, from"),
+    (lambda s: s["imagenet"].update(method_images={"gradiant": 2}),
+     r"sanity_checks.imagenet.method_images names \['gradiant'\]"),
 ])
 def test_the_section_names_unknown_methods_and_parameters(edit, message):
     section = copy.deepcopy(load_params(ROOT / "params.yaml", "smoke")["sanity_checks"])
@@ -248,7 +335,7 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
 
     inputs = {name: results / name for name in ("randomization", "data_randomization", "toys",
                                                 "maps", "repaired_mprt")}
-    inputs.update(calibration=results / "calibration.csv",
+    inputs.update(calibration=results / "calibration",
                   verdicts=results / "bn_study_verdicts.csv",
                   claims=ROOT / "claims" / "sanity_checks.yaml")
     figures.run(stage_context("sanity_figures", inputs=inputs,
@@ -262,6 +349,96 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
                      "fig32_cnn-mnist_independent_grayscale.png",
                      "fig33_cnn-mnist_independent_diverging.pdf",
                      "fig33_cnn-mnist_independent_diverging.png"]
+
+
+@pytest.fixture(scope="module")
+def paper_images(mirror, tmp_path_factory):
+    from replication.data import sanity_images
+
+    folder = tmp_path_factory.mktemp("data") / "sanity_checks_imagenet"
+    sanity_images.prepare(folder, mirror=mirror)
+    return folder
+
+
+def _imagenet_context(tmp_path, folder, model: str, mode: str, **imagenet):
+    outputs = {"table": tmp_path / f"imagenet-{model}-{mode}.csv",
+               "maps": tmp_path / f"imagenet-{model}-{mode}.npz",
+               "metrics": tmp_path / f"imagenet-{model}-{mode}.json"}
+    return stage_context("sanity_imagenet_randomization", inputs={"images": folder},
+                         outputs=outputs, item={"model": model, "mode": mode},
+                         sanity_checks={"imagenet": imagenet})
+
+
+def test_the_imagenet_stage_explains_the_papers_images_and_costs_what_it_declares(
+        tmp_path, paper_images):
+    """Lite0 on the first curve images, two methods, the Fig. 8-9 examples: the table holds the
+    curve images only, each method on its own count, and the model ran exactly the passes the
+    cost function counts."""
+    from replication.experiments.sanity_checks import model_randomization as mr
+
+    only = {"gradient": 2, "gradcam": 1}
+    ctx = _imagenet_context(tmp_path, paper_images, "efficientnet_lite0", "cascading", demos=[],
+                            images=2, guided_backprop_examples=1,
+                            method_images={m: only.get(m, 0) for m in SanityChecks.from_params(
+                                load_params(ROOT / "params.yaml", "smoke")["sanity_checks"],
+                                "sanity_checks").imagenet.methods})
+    card = create_model("efficientnet_lite0")
+    images_through_the_model = []
+    card.model.register_forward_hook(lambda m, i, o: images_through_the_model.append(len(i[0])))
+    ctx.cache[("imagenet_card", "efficientnet_lite0")] = card  # what imagenet_card would load
+    mr.run_imagenet(ctx)
+    counted = mr.imagenet_cost(ctx)
+    assert sum(images_through_the_model) == sum(c.forward_backward + c.forward for c in counted)
+    table = read_table(ctx.output("table"))
+    per_method = table[table["method"].notna()].groupby("method")["image"].nunique().to_dict()
+    assert per_method == only and set(table["setup"]) == {"imagenet-efficientnet_lite0"}
+    metrics = json.loads(ctx.output("metrics").read_text())
+    assert metrics["image_names"] == ["ILSVRC2012_val_00000204.JPEG", "ILSVRC2012_val_00001221.JPEG"]
+    assert metrics["image_source"].startswith("sanity_checks_imagenet")
+    assert metrics["method_images"]["gradient"] == 2 and metrics["method_images"]["smoothgrad"] == 0
+
+
+def test_a_model_the_profile_does_not_run_writes_empty_outputs_that_say_so(tmp_path, paper_images):
+    from replication.experiments.sanity_checks import model_randomization as mr
+
+    ctx = _imagenet_context(tmp_path, paper_images, "inception_v3", "independent")
+    mr.run_imagenet(ctx)
+    assert read_table(ctx.output("table")).empty and not np.load(ctx.output("maps")).files
+    assert "not among sanity_checks.imagenet.run_models" in json.loads(
+        ctx.output("metrics").read_text())["not_run"]
+    assert mr.imagenet_cost(ctx) == []
+
+
+def test_a_models_own_counts_override_the_imagenet_section(tmp_path):
+    """``models: {name: …}`` under sanity_checks.imagenet sets that model's counts (the quick
+    profile runs Lite1 and Lite2 on fewer images and methods than Lite0)."""
+    from replication.experiments.sanity_checks import model_randomization as mr
+
+    def passes(model: str) -> int:
+        ctx = _imagenet_context(tmp_path, tmp_path, model, "cascading",
+                                run_models=["efficientnet_lite0", "efficientnet_lite1"],
+                                demos=[], images=4, guided_backprop_examples=0,
+                                models={"efficientnet_lite1": {"images": 2, "demos": [],
+                                                               "guided_backprop_examples": 0}})
+        return sum(c.forward_backward + c.forward for c in mr.imagenet_cost(ctx))
+
+    lite0, lite1 = passes("efficientnet_lite0"), passes("efficientnet_lite1")
+    assert lite0 > 0 and lite1 * 2 == lite0  # same stages and methods, half the images
+
+
+def test_the_imagenet_gallery_finds_its_demo_image_by_role(tmp_path):
+    from replication.experiments.sanity_checks.model_randomization import draw_imagenet_gallery
+
+    arrays = {"images": np.zeros((1, 8, 8, 3), np.float16),
+              "image_names": np.array(["ILSVRC2012_val_00032239.JPEG"]),
+              "demo_roles": np.array(["dog"]),
+              "0/gradient/grayscale": np.zeros((1, 8, 8), np.float16)}
+    table = pd.DataFrame({"stage_index": [0], "stage": ["Original"]})
+    context = figures.FigureContext("note", [])
+    assert draw_imagenet_gallery(context, table, arrays, role="bird", style="grayscale",
+                                 title="t") is None
+    fig = draw_imagenet_gallery(context, table, arrays, role="dog", style="grayscale", title="t")
+    assert "dog (ILSVRC2012_val_00032239.JPEG)" in fig._suptitle.get_text()
 
 
 def test_the_figures_table_matches_the_notes_inventory_and_the_claims():

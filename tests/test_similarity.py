@@ -311,3 +311,15 @@ def test_calibration_needs_one_noise_shape():
     assert df.set_index("comparison").loc["uniform vs uniform", "n"] == 3
     with pytest.raises(ConfigError, match="non-negative integer"):
         sim.null_calibration(maps, seed=-1, metrics=["spearman_abs"], noise_shape=(3, 1, 32, 32))
+
+
+def test_calibration_values_are_the_per_image_rows_the_summary_averages():
+    maps = {"gradient": smooth_maps(5, 1, 28, seed=4)}
+    metrics = ["spearman_abs"]
+    values = sim.null_calibration_values(maps, seed=3, metrics=metrics, percentile=None)
+    assert list(values.columns) == ["comparison", "reference", "other", "metric", "image", "value"]
+    assert len(values) == 3 * 5 and values.groupby("comparison")["image"].nunique().eq(5).all()
+    summary = sim.null_calibration(maps, seed=3, metrics=metrics, percentile=None)
+    pd.testing.assert_frame_equal(sim.calibration_summary(values), summary, check_exact=True)
+    means = values.groupby("comparison", sort=False)["value"].mean().to_numpy()
+    np.testing.assert_allclose(summary["mean"].to_numpy(), means, rtol=0, atol=atol(1.0, ops=5))

@@ -146,22 +146,43 @@ def _row(name: str, wnid: str) -> dict:
     return {"file": name, "wnid": wnid, "class_index": index, "class_name": classes()[index].name}
 
 
-def curve_images(folder: str | os.PathLike) -> list[str]:
-    """The 200 curve images in the authors' order (class by class)."""
+def _manifest(folder: str | os.PathLike) -> dict:
     import json
 
     manifest = Path(folder) / "manifest.json"
     if not manifest.is_file():
         raise DataError(f"{manifest} is missing: run `dvc repro sanity_images` to prepare the "
                         "Sanity Checks images")
-    curves = json.loads(manifest.read_text())["curves"]
-    return list(dict.fromkeys(name for names in curves.values() for name in names))
+    return json.loads(manifest.read_text())
+
+
+def curve_images_by_class(folder: str | os.PathLike) -> dict[str, list[str]]:
+    """Class -> its curve images in the authors' order; an image the authors listed under two
+    classes counts for the first (as in ``labels.csv``)."""
+    seen: set[str] = set()
+    by_class = {}
+    for name, images in _manifest(folder)["curves"].items():
+        by_class[name] = [i for i in images if i not in seen]
+        seen.update(images)
+    return by_class
+
+
+def curve_images(folder: str | os.PathLike) -> list[str]:
+    """The 200 curve images in the authors' order (class by class)."""
+    return [name for names in curve_images_by_class(folder).values() for name in names]
+
+
+def balanced_curve_images(folder: str | os.PathLike) -> list[str]:
+    """The 200 curve images round-robin over the authors' 10 classes (the i-th image of every
+    class, in the authors' class order, then the (i+1)-th): the first 10·k hold k images of
+    each class, so a profile that explains the first N stays balanced across the classes."""
+    lists = list(curve_images_by_class(folder).values())
+    return [names[i] for i in range(max(map(len, lists))) for names in lists if i < len(names)]
 
 
 def demo_images(folder: str | os.PathLike) -> dict[str, str]:
-    import json
-
-    return json.loads((Path(folder) / "manifest.json").read_text())["demo"]
+    """Role (bird, dog, corn: the order of the paper's figures) -> file name."""
+    return _manifest(folder)["demo"]
 
 
 def run_stage(ctx) -> None:
@@ -172,4 +193,5 @@ def run_stage(ctx) -> None:
     log.info("sanity checks images <- %s", source)
 
 
-__all__ = ["curve_images", "demo_images", "prepare", "run_stage"]
+__all__ = ["balanced_curve_images", "curve_images", "curve_images_by_class", "demo_images",
+           "prepare", "run_stage"]

@@ -277,8 +277,32 @@ def null_calibration(maps: Mapping[str, Tensor], seed: int,
     other. The mask pairs have ``noise_shape`` (default: the real maps' common shape). ``options``
     go to ``compare`` (e.g. ``percentile=None`` for MNIST, ``**CONVENTIONS["paper_text"]``).
     Returns one row per (comparison, metric): comparison, reference, other, metric, mean, sd
-    (population), n (non-NaN images), n_nan.
+    (population), n (non-NaN images), n_nan; ``null_calibration_values`` gives the values per
+    image (or mask pair) they summarize.
     """
+    return calibration_summary(null_calibration_values(maps, seed, metrics, noise_shape,
+                                                       **options))
+
+
+def calibration_summary(values: pd.DataFrame) -> pd.DataFrame:
+    """``null_calibration_values`` summarized per (comparison, metric), in their order."""
+    rows = []
+    for (comparison, reference, other, metric), group in values.groupby(
+            ["comparison", "reference", "other", "metric"], sort=False):
+        s = summarize(group["value"].to_numpy())
+        rows.append({"comparison": comparison, "reference": reference, "other": other,
+                     "metric": metric, "mean": s.mean, "sd": s.sd, "n": s.n, "n_nan": s.n_nan})
+    return pd.DataFrame(rows, columns=["comparison", "reference", "other", "metric", "mean", "sd",
+                                       "n", "n_nan"])
+
+
+def null_calibration_values(maps: Mapping[str, Tensor], seed: int,
+                            metrics: Sequence[str] = CALIBRATION_METRICS,
+                            noise_shape: tuple[int, int, int, int] | None = None,
+                            **options: object) -> pd.DataFrame:
+    """The values ``null_calibration`` summarizes: one row per (comparison, metric, image),
+    columns comparison, reference, other, metric, image (the index of the real map's image, or
+    of the mask pair), value."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be a non-negative integer; got {seed!r}")
     if noise_shape is None:
@@ -305,9 +329,8 @@ def null_calibration(maps: Mapping[str, Tensor], seed: int,
     rows = []
     for reference, other, a, b in pairs:
         for metric, values in compare(a, b, metrics, **options).items():
-            s = summarize(values)
-            rows.append({"comparison": f"{reference} vs {other}", "reference": reference,
-                         "other": other, "metric": metric, "mean": s.mean, "sd": s.sd, "n": s.n,
-                         "n_nan": s.n_nan})
-    return pd.DataFrame(rows, columns=["comparison", "reference", "other", "metric", "mean", "sd",
-                                       "n", "n_nan"])
+            rows += [{"comparison": f"{reference} vs {other}", "reference": reference,
+                      "other": other, "metric": metric, "image": image, "value": float(value)}
+                     for image, value in enumerate(np.asarray(values, dtype=np.float64))]
+    return pd.DataFrame(rows, columns=["comparison", "reference", "other", "metric", "image",
+                                       "value"])

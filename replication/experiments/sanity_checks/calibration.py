@@ -8,13 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from replication.experiments.common import stage_explainer
-from replication.randomization.reinit import explained_classes
-from replication.experiments.sanity_checks.setups import imagenet_images
-from replication.fileio import write_table
-from replication.metrics.similarity import CALIBRATION_METRICS, null_calibration
+from replication.experiments.common import imagenet_card, stage_explainer
+from replication.experiments.sanity_checks.setups import (CURVE_IMAGES, curve_set, image_source,
+                                                          skip_unrun_model)
+from replication.fileio import write_json, write_table
+from replication.metrics.similarity import (CALIBRATION_METRICS, calibration_summary,
+                                            null_calibration_values)
 from replication.models import create_model
 from replication.plotting import markdown_table
+from replication.randomization.reinit import explained_classes
 
 # App. B, as printed in the paper: (no-ABS, ABS, HOG, SSIM), the order of CALIBRATION_METRICS.
 PAPER_CALIBRATION = {
@@ -27,12 +29,17 @@ PAPER_CALIBRATION = {
 
 
 def run(ctx) -> None:
-    """`sanity_calibration`: the calibration table (results/sanity_checks/calibration.csv)."""
-    study = ctx.settings("sanity_checks.calibration")
-    methods = ctx.settings("sanity_checks.imagenet.methods")
-    card = create_model(ctx.settings("sanity_checks.imagenet.model"))
-    images = imagenet_images(ctx, card, study.images)
-    explainer = stage_explainer(ctx, ctx.settings("sanity_checks.imagenet.batch_size"))
+    """`sanity_calibration`: one ImageNet model's null calibration, per image (App. B: "50
+    ImageNet validation images", the first of the paper's curve images)."""
+    model = ctx.item["model"]
+    if skip_unrun_model(ctx, model, ctx.settings("sanity_checks.imagenet.run_models")):
+        return
+    study = ctx.settings("sanity_checks.calibration").for_model(model)
+    methods = ctx.settings("sanity_checks.imagenet.methods", model=model)
+    card = imagenet_card(ctx, model)
+    images = curve_set(ctx.input("images"), card, study.images)
+    explainer = stage_explainer(ctx, ctx.settings("sanity_checks.imagenet.batch_size",
+                                                  model=model))
     explainer.place(card)
     targets = explained_classes(card.model, images.images, ctx.settings("sanity_checks.target"),
                                 images.labels)
@@ -40,18 +47,36 @@ def run(ctx) -> None:
             for name in study.methods}
     options = ctx.settings("sanity_checks.similarity.imagenet").options()
     del options["percentile"]  # the masks are compared raw
-    table = null_calibration(maps, seed=ctx.settings("seed"), **options)
+    table = null_calibration_values(maps, seed=ctx.settings("seed"), **options)
     table.insert(0, "model", card.name)
-    table.insert(1, "images", len(images))
     write_table(table, ctx.output("table"))
+    write_json(ctx.output("metrics"), {"model": card.name, **image_source(images),
+                                       "methods": {m: methods[m] for m in study.methods},
+                                       "seconds": ctx.seconds})
+
+
+def cost(ctx) -> list:
+    """One map per method and calibration image, and the explained classes."""
+    from replication.cost import Cost, method_passes
+
+    model = ctx.item["model"]
+    if model not in ctx.settings("sanity_checks.imagenet.run_models"):
+        return []
+    study = ctx.settings("sanity_checks.calibration").for_model(model)
+    methods = ctx.settings("sanity_checks.imagenet.methods", model=model)
+    card = create_model(model, pretrained=False)
+    images = min(study.images, CURVE_IMAGES)
+    return [*(method_passes(card, name, methods[name], images) for name in study.methods),
+            Cost(model, "explained classes", 0, images)]
 
 
 # --- the table ----------------------------------------------------------------------------------
 
-def calibration_table(calibration: pd.DataFrame) -> pd.DataFrame:
-    """Ours beside App. B's numbers, one row per comparison."""
+def calibration_table(values: pd.DataFrame) -> pd.DataFrame:
+    """Ours (the per-image values summarized) beside App. B's numbers, one row per
+    comparison."""
     rows = []
-    for comparison, group in calibration.groupby("comparison", sort=False):
+    for comparison, group in calibration_summary(values).groupby("comparison", sort=False):
         row = {"comparison": comparison, "images": int(group["n"].max())}
         for metric in CALIBRATION_METRICS:
             match = group[group["metric"] == metric]
@@ -75,9 +100,9 @@ def _paper_key(comparison: str) -> str:
     return comparison
 
 
-def draw_table(context, calibration: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def draw_table(context, values: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The App. B table: (the CSV's frame, the Markdown text)."""
-    table = calibration_table(calibration)
+    table = calibration_table(values)
     return table, ("Null calibration (App. B): real gradient-family maps of the original model "
                    f"vs random masks, and masks vs masks; {context.note}.\n\n"
                    + markdown_table(table))

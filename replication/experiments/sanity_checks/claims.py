@@ -1,10 +1,15 @@
 """Claim values of the Sanity Checks paper, derived from the experiment tables (the
-`sanity_claims` stage).
+`sanity_claims` stage), each ImageNet claim on every ImageNet model the profile runs.
 
-Each function returns numbers a claim check (claims/sanity_checks.yaml) judges. The paper's
-curves are Inception v3's 17 blocks; claims naming an Inception block are mapped to positions
-that exist in every model's randomized stages S1 … Sn (output first), so the quick profile's
-EfficientNet-Lite0 is judged at the corresponding depth:
+Each function returns numbers a claim check (claims/sanity_checks.yaml) judges, with the 95%
+interval of the whole statistic bootstrapped over the images it was measured on
+(``stats.bootstrap_statistic``: the rows are images, the columns the (method, stage) cells the
+statistic combines; a cell's value is its mean over the rows, NaNs dropped, as in the curves).
+A claim combining several methods is measured on the images every one of them explained.
+
+The paper's curves are Inception v3's 17 blocks; claims naming an Inception block are mapped to
+positions that exist in every model's randomized stages S1 … Sn (output first), so the
+EfficientNet-Lite models are judged at the corresponding depth:
 
 - "third stage" (Mixed_7b) → S3; "the CAM layer's stage" (Mixed_7c) → the first stage that
   randomizes the model's CAM layer;
@@ -16,27 +21,25 @@ EfficientNet-Lite0 is judged at the corresponding depth:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from replication.claims import point_verdict, read_claims
 from replication.experiments.sanity_checks.data_randomization import pair_summary
-from replication.experiments.sanity_checks.model_randomization import CONVENTION, summarize_table
+from replication.experiments.sanity_checks.model_randomization import CONVENTION
+from replication.experiments.sanity_checks.settings import Bootstrap
 from replication.fileio import read_table, write_json, write_table
+from replication.metrics.stats import bootstrap_statistic, exact
 from replication.models import ModelCard, create_model
 
 C1_METHODS = ("input_x_gradient", "integrated_gradients")
 C1_EXTENSION = ("gradient", "smoothgrad")
 TOP_FRACTION = 5 / 17
-
-
-def _mean(summary: pd.DataFrame, mode: str, method: str, metric: str) -> pd.Series:
-    """Mean over images per randomized stage (S1 … Sn, in order), indexed by stage index."""
-    rows = summary[(summary["mode"] == mode) & (summary["method"] == method)
-                   & (summary["metric"] == metric) & (summary["stage_index"] > 0)]
-    return rows.set_index("stage_index")["mean"].sort_index()
+Cell = tuple[str, int]  # (method, stage index)
 
 
 def stage_positions(card: ModelCard, n_stages: int) -> dict[str, object]:
@@ -54,83 +57,178 @@ def stage_positions(card: ModelCard, n_stages: int) -> dict[str, object]:
             "stem": list(range(n_stages - top + 1, n_stages + 1)), "n": n_stages}
 
 
-def _label(summary: pd.DataFrame, index: int) -> str:
-    return str(summary.loc[summary["stage_index"] == index, "stage"].iloc[0])
+@dataclass(frozen=True)
+class Statistic:
+    """A claim's statistic: ``reduce`` of the cells' means over the images, ``metric`` of the
+    authors' map convention."""
+
+    metric: str
+    cells: tuple[Cell, ...]
+    reduce: Callable[[np.ndarray], float]
+
+
+def _column_means(rows: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # a cell with no defined value is NaN, and says so
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(rows, axis=0)
+
+
+def cell_matrix(table: pd.DataFrame, metric: str, cells: Sequence[Cell]) -> np.ndarray:
+    """Rows = the images every method of ``cells`` explained (a prefix of the curve images),
+    columns = the cells; NaN where the metric was undefined for an image."""
+    rows = table[(table["metric"] == metric) & (table["convention"] == CONVENTION)]
+    explained = rows.groupby("method")["image"].nunique()
+    n = min(int(explained.get(method, 0)) for method, _ in cells)
+    values = rows.set_index(["method", "stage_index", "image"])["value"].sort_index()
+    columns = []
+    for method, stage in cells:
+        column = values.loc[(method, stage)] if (method, stage) in values.index else pd.Series(dtype=float)
+        columns.append(column.reindex(range(n)).to_numpy(dtype=np.float64))
+    return np.column_stack(columns) if columns else np.empty((n, 0))
+
+
+def measure(table: pd.DataFrame, statistic: Statistic, bootstrap: Bootstrap | None,
+            seed: int) -> tuple[float, dict | None]:
+    """The statistic's value on every image and, with ``bootstrap``, its interval."""
+    rows = cell_matrix(table, statistic.metric, statistic.cells)
+
+    def of(sample: np.ndarray) -> float:
+        return float(statistic.reduce(_column_means(sample)))
+
+    if bootstrap is None:
+        return (of(rows) if len(rows) else float("nan")), None
+    interval = bootstrap_statistic(rows, of, unit="images", n_resamples=bootstrap.n_resamples,
+                                   confidence=bootstrap.confidence, seed=seed)
+    return interval.value, interval.as_json()
+
+
+def _entry(table, statistic, bootstrap, seed, **details) -> dict:
+    value, interval = measure(table, statistic, bootstrap, seed)
+    entry = {"value": value}
+    if interval is not None:
+        entry["value_ci"] = interval
+    return {**entry, **details}
+
+
+def _label(table: pd.DataFrame, index: int) -> str:
+    return str(table.loc[table["stage_index"] == index, "stage"].iloc[0])
+
+
+def _cell_means(table: pd.DataFrame, metric: str, methods: Sequence[str],
+                stages: Sequence[int]) -> dict[str, list[float]]:
+    """Each method's mean per stage (the curve values the claim reads), for the record."""
+    means = _column_means(cell_matrix(table, metric, [(m, s) for m in methods for s in stages]))
+    k = len(stages)
+    return {m: [round(float(x), 4) for x in means[i * k:(i + 1) * k]]
+            for i, m in enumerate(methods)}
 
 
 def model_randomization_claims(cascading: pd.DataFrame, independent: pd.DataFrame | None,
-                               card: ModelCard) -> dict[str, dict]:
-    """C1–C6 (and the Guided Backprop erratum) from the summarized randomization tables."""
+                               card: ModelCard, bootstrap: Bootstrap | None = None,
+                               seed: int = 0, ssim_null: float = 0.0) -> dict[str, dict]:
+    """C1–C6 (and the Guided Backprop erratum) from one model's per-image randomization tables
+    (cascading; independent or None), with intervals where ``bootstrap`` is given."""
     n = int(cascading["stage_index"].max())
     at = stage_positions(card, n)
     names = {k: (_label(cascading, v) if isinstance(v, int) else [_label(cascading, i) for i in v])
              for k, v in at.items() if k != "n"}
     claims: dict[str, dict] = {"stages": {"positions": at, "labels": names}}
+    present, metrics = set(cascading["method"]), set(cascading["metric"])
 
-    present = set(cascading["method"])
-    metrics = set(cascading["metric"])
+    def claim(key: str, metric: str, cells, reduce, table=cascading, **details) -> None:
+        claims[key] = _entry(table, Statistic(metric, tuple(cells), reduce), bootstrap, seed,
+                             **details)
 
-    def worst(methods, metric, stages, reducer):
-        values = {m: _mean(cascading, "cascading", m, metric).loc[stages] for m in methods}
-        value = reducer(reducer(v) for v in values.values())
-        return float(value), {m: [round(float(x), 4) for x in v] for m, v in values.items()}
+    def grid(methods, stages) -> list[Cell]:
+        return [(m, s) for m in methods for s in stages]
 
-    def available(*methods: str) -> bool:
-        return set(methods) <= present
-
-    after_third = list(range(at["third"], n + 1))
-    all_stages = list(range(1, n + 1))
-    if available(*C1_METHODS):
-        value, detail = worst(C1_METHODS, "spearman_diverging", after_third, max)
-        claims["C1"] = {"value": value, "stages": [names["third"], "…", _label(cascading, n)],
-                        "per_method": detail}
-        value, detail = worst(C1_METHODS, "spearman_abs", all_stages, min)
-        claims["C2"] = {"value": value, "per_method": detail}
+    after_third, all_stages = list(range(at["third"], n + 1)), list(range(1, n + 1))
+    if set(C1_METHODS) <= present:
+        claim("C1", "spearman_diverging", grid(C1_METHODS, after_third), np.max,
+              stages=[names["third"], "…", _label(cascading, n)],
+              per_method=_cell_means(cascading, "spearman_diverging", C1_METHODS, after_third))
+        claim("C2", "spearman_abs", grid(C1_METHODS, all_stages), np.min,
+              per_method=_cell_means(cascading, "spearman_abs", C1_METHODS, all_stages))
         if "ssim" in metrics:
-            value, detail = worst(C1_METHODS, "ssim", all_stages, min)
-            claims["C2_ssim"] = {"value": value, "per_method": detail}
-    if available(*C1_EXTENSION):
-        value, detail = worst(C1_EXTENSION, "spearman_diverging", after_third, max)
-        claims["C1_extension"] = {"value": value, "per_method": detail}
-    if available("gradient", "guided_backprop"):
-        gradient = _mean(cascading, "cascading", "gradient", "spearman_abs")
-        guided = _mean(cascading, "cascading", "guided_backprop", "spearman_abs")
-        claims["C3"] = {"value": float(gradient.loc[n] - gradient.loc[1]),
-                        "first": float(gradient.loc[1]), "last": float(gradient.loc[n])}
-        upper = list(range(at["cam"], at["middle"] + 1))
-        if upper:
-            claims["C3_vs_guided_backprop"] = {
-                "value": float((gradient.loc[upper] - guided.loc[upper]).max()),
-                "stages": [names["cam"], "…", names["middle"]]}
-        claims["C4"] = {"value": float(guided.loc[at["middle"]] / guided.loc[1]),
-                        "first": float(guided.loc[1]), "middle": float(guided.loc[at["middle"]]),
-                        "stage": names["middle"]}
-        if "ssim" in metrics:
-            guided_ssim = _mean(cascading, "cascading", "guided_backprop", "ssim")
-            claims["C4_ssim"] = {"value": float(guided_ssim.loc[at["middle"]] / guided_ssim.loc[1])}
-        claims["C4_drop"] = {"value": float(guided.loc[n] / guided.loc[1]),
-                             "last": float(guided.loc[n])}
-        claims["C4_pre_erratum"] = {"value": float(guided.loc[n]), "stage": _label(cascading, n)}
-    if available("gradcam"):
-        gradcam = _mean(cascading, "cascading", "gradcam", "spearman_abs")
-        claims["C5"] = {"value": float(gradcam.loc[at["cam"]]), "stage": names["cam"]}
-        claims["C5_logits_only"] = {"value": float(gradcam.loc[1]), "stage": _label(cascading, 1)}
-    if independent is not None and len(independent) and available("guided_backprop"):
-        independent_gbp = _mean(independent, "independent", "guided_backprop", "spearman_abs")
-        claims["C6"] = {"value": float(independent_gbp.loc[at["top"]].min()),
-                        "stages": [_label(independent, i) for i in at["top"]]}
-        claims["C6_stem"] = {"value": float(independent_gbp.loc[at["stem"]].max()),
-                             "stages": [_label(independent, i) for i in at["stem"]]}
+            claim("C2_ssim", "ssim", grid(C1_METHODS, all_stages),
+                  lambda means: np.min(means) - ssim_null, null=ssim_null,
+                  per_method=_cell_means(cascading, "ssim", C1_METHODS, all_stages))
+    if set(C1_EXTENSION) <= present:
+        claim("C1_extension", "spearman_diverging", grid(C1_EXTENSION, after_third), np.max,
+              per_method=_cell_means(cascading, "spearman_diverging", C1_EXTENSION,
+                                     after_third))
+    if {"gradient", "guided_backprop"} <= present:
+        _gradient_claims(claim, at, names, n, "ssim" in metrics)
+    if "gradcam" in present:
+        claim("C5", "spearman_abs", [("gradcam", at["cam"])], np.min, stage=names["cam"])
+        claim("C5_logits_only", "spearman_abs", [("gradcam", 1)], np.min,
+              stage=_label(cascading, 1))
+    if independent is not None and len(independent) and "guided_backprop" in present:
+        claim("C6", "spearman_abs", grid(["guided_backprop"], at["top"]), np.min,
+              table=independent, stages=[_label(independent, i) for i in at["top"]])
+        claim("C6_stem", "spearman_abs", grid(["guided_backprop"], at["stem"]), np.max,
+              table=independent, stages=[_label(independent, i) for i in at["stem"]])
     return claims
 
 
-def calibration_claims(calibration: pd.DataFrame) -> dict[str, dict]:
-    """C7: every null comparison ≈ 0 except HOG between two uniform masks (≈ 0.08)."""
-    hog_uniform = (calibration["reference"] == "uniform") & (calibration["metric"] == "hog")
-    rest = calibration[~hog_uniform]
-    return {"C7": {"value": float(rest["mean"].abs().max()),
-                   "worst": rest.loc[rest["mean"].abs().idxmax(), ["comparison", "metric"]].tolist()},
-            "C7_hog_uniform": {"value": float(calibration.loc[hog_uniform, "mean"].mean())}}
+def _gradient_claims(claim, at: dict, names: dict, n: int, ssim: bool) -> None:
+    """C3 (Gradient is sensitive; below Guided Backprop) and C4 (Guided Backprop stays)."""
+    def ratio(means: np.ndarray) -> float:
+        return means[0] / means[1]
+
+    claim("C3", "spearman_abs", [("gradient", n), ("gradient", 1)],
+          lambda means: means[0] - means[1])
+    upper = list(range(at["cam"], at["middle"] + 1))
+    if upper:
+        k = len(upper)
+        claim("C3_vs_guided_backprop", "spearman_abs",
+              [("gradient", s) for s in upper] + [("guided_backprop", s) for s in upper],
+              lambda means: np.max(means[:k] - means[k:]),
+              stages=[names["cam"], "…", names["middle"]])
+    gbp = "guided_backprop"
+    claim("C4", "spearman_abs", [(gbp, at["middle"]), (gbp, 1)], ratio, stage=names["middle"])
+    if ssim:
+        claim("C4_ssim", "ssim", [(gbp, at["middle"]), (gbp, 1)], ratio)
+    claim("C4_drop", "spearman_abs", [(gbp, n), (gbp, 1)], ratio)
+    claim("C4_pre_erratum", "spearman_abs", [(gbp, n)], np.min)
+
+
+def calibration_claims(values: pd.DataFrame, bootstrap: Bootstrap | None = None,
+                       seed: int = 0) -> dict[str, dict]:
+    """C7: every null comparison ≈ 0 except HOG between two uniform masks (≈ 0.08), from the
+    per-image calibration values (rows: images, or mask pairs)."""
+    wide = values.pivot_table(index="image", columns=["comparison", "metric"], values="value",
+                              sort=False, dropna=False)
+    hog_uniform = [c for c in wide.columns if c == ("uniform vs uniform", "hog")]
+    rest = [c for c in wide.columns if c not in hog_uniform]
+
+    def largest(sample: np.ndarray) -> float:
+        return float(np.max(np.abs(_column_means(sample))))
+
+    def mean(sample: np.ndarray) -> float:
+        return float(_column_means(sample)[0])
+
+    rows = wide[rest].to_numpy(dtype=np.float64)
+    worst = rest[int(np.nanargmax(np.abs(_column_means(rows))))]
+    return {"C7": _interval_entry(rows, largest, bootstrap, seed, "images", worst=list(worst)),
+            "C7_hog_uniform": _interval_entry(wide[hog_uniform].to_numpy(dtype=np.float64), mean,
+                                              bootstrap, seed, "mask pairs")}
+
+
+def _interval_entry(rows: np.ndarray, statistic, bootstrap: Bootstrap | None, seed: int,
+                    unit: str, **details) -> dict:
+    if bootstrap is None:
+        return {"value": statistic(rows), **details}
+    interval = bootstrap_statistic(rows, statistic, unit=unit, n_resamples=bootstrap.n_resamples,
+                                   confidence=bootstrap.confidence, seed=seed)
+    return {"value": interval.value, "value_ci": interval.as_json(), **details}
+
+
+def ssim_null(values: pd.DataFrame) -> float:
+    """C2-SSIM's null: the mean SSIM of a gradient map and a Gaussian mask (the calibration)."""
+    null = values[(values["reference"] == "gradient") & (values["other"] == "gaussian")
+                  & (values["metric"] == "ssim")]["value"]
+    return float(null.mean()) if len(null) else 0.0
 
 
 def data_randomization_claims(tables: Mapping[str, pd.DataFrame]) -> dict[str, dict]:
@@ -181,9 +279,12 @@ def data_randomization_claims(tables: Mapping[str, pd.DataFrame]) -> dict[str, d
     return claims
 
 
-def toy_claims(edge_study: pd.DataFrame, locality: pd.DataFrame,
-               linear: pd.DataFrame) -> dict[str, dict]:
-    """C17 (linear-model identities) and C18 (one-layer conv net: locality; edge-likeness)."""
+def toy_claims(edge_study: pd.DataFrame, locality: pd.DataFrame, linear: pd.DataFrame,
+               bootstrap: Bootstrap | None = None, seed: int = 0) -> dict[str, dict]:
+    """C17 (linear-model identities) and C18 (one-layer conv net: locality; edge-likeness).
+
+    C17 and C18-locality are identities, exact. C18-edges is a mean over random filters, the
+    unit its interval resamples (rows: filters, columns: the image scalings)."""
     relative = (linear["max_abs_difference"] / linear["scale"]).max()
     gradient = edge_study[(edge_study["method"] == "gradient")
                           & (edge_study["version"] == "grayscale")]
@@ -191,26 +292,34 @@ def toy_claims(edge_study: pd.DataFrame, locality: pd.DataFrame,
     merged = gradient.merge(random, on=["version", "scaling", "filter_seed"],
                             suffixes=("", "_random"))
     outside = locality[locality["region"] == "outside_5x5"]["max_abs_change"]
+    gaps = (merged.assign(gap=merged["spearman_edge"] - merged["spearman_edge_random"])
+            .pivot_table(index="filter_seed", columns="scaling", values="gap", sort=False))
     return {
-        "C17": {"value": float(relative), "per_method": dict(zip(
-            linear["method"], (linear["max_abs_difference"] / linear["scale"]).round(12)))},
-        "C18_locality": {"value": float(outside.max())},
-        "C18_edges": {"value": float((merged["spearman_edge"] - merged["spearman_edge_random"]).mean()),
-                      "gradient_mean": float(gradient["spearman_edge"].mean()),
-                      "share_above_random": float((merged["spearman_edge"]
-                                                   > merged["spearman_edge_random"]).mean())},
+        "C17": {"value": float(relative), "value_ci": exact(relative).as_json(),
+                "per_method": dict(zip(linear["method"],
+                                       (linear["max_abs_difference"] / linear["scale"]).round(12)))},
+        "C18_locality": {"value": float(outside.max()),
+                         "value_ci": exact(outside.max()).as_json()},
+        "C18_edges": _interval_entry(gaps.to_numpy(dtype=np.float64),
+                                     lambda rows: float(np.mean(rows)), bootstrap, seed,
+                                     "filters",
+                                     gradient_mean=float(gradient["spearman_edge"].mean()),
+                                     share_above_random=float((merged["spearman_edge"]
+                                                               > merged["spearman_edge_random"])
+                                                              .mean())),
     }
 
 
 def bn_study_verdicts(study: pd.DataFrame, card: ModelCard, claims: list) -> pd.DataFrame:
-    """The model-randomization claims' values and verdicts under every option of the study."""
+    """The model-randomization claims' point values and verdicts under every option of the
+    study (a table of how the estimates move, without intervals)."""
     by_id = {c.id: c for c in claims}
     rows = []
     for (batchnorm, convention), group in study.groupby(["batchnorm", "convention"], sort=False):
         if not convention:
             continue
-        summary = summarize_table(group.drop(columns=["batchnorm", "setup"], errors="ignore"))
-        values = model_randomization_claims(summary, None, card)
+        table = group.drop(columns=["batchnorm"]).assign(convention=CONVENTION)
+        values = model_randomization_claims(table, None, card)
         for claim_id, entry in values.items():
             if claim_id in by_id:
                 rows.append({"batchnorm": batchnorm, "convention": convention, "claim": claim_id,
@@ -218,33 +327,52 @@ def bn_study_verdicts(study: pd.DataFrame, card: ModelCard, claims: list) -> pd.
     return pd.DataFrame(rows, columns=["batchnorm", "convention", "claim", "value", "verdict"])
 
 
+# --- the stage ----------------------------------------------------------------------------------
+
+def imagenet_claims(ctx, model: str) -> dict[str, dict]:
+    """Every ImageNet claim on one model, with intervals."""
+    bootstrap, seed = ctx.settings("sanity_checks.claims.bootstrap"), ctx.settings("seed")
+    tables = {mode: read_table(ctx.input("randomization") / f"imagenet-{model}-{mode}.csv")
+              for mode in ("cascading", "independent")}
+    calibration = read_table(ctx.input("calibration") / f"{model}.csv")
+    claims = model_randomization_claims(tables["cascading"], tables["independent"],
+                                        create_model(model, pretrained=False), bootstrap, seed,
+                                        ssim_null=ssim_null(calibration))
+    claims.update(calibration_claims(calibration, bootstrap, seed))
+    return claims
+
+
+def per_model_claims(by_model: Mapping[str, dict[str, dict]]) -> dict[str, dict]:
+    """The primary (first) model's claims, each with ``per_model``: every model's value and
+    interval (or why it has none)."""
+    primary, *_ = by_model
+    merged: dict[str, dict] = {"stages": {m: c.pop("stages") for m, c in by_model.items()}}
+    for key, entry in by_model[primary].items():
+        per_model = {}
+        for model, claims in by_model.items():
+            found = claims.get(key)
+            per_model[model] = ({k: found[k] for k in ("value", "value_ci") if k in found}
+                                if found else {"reason": f"{model} did not measure {key}"})
+        merged[key] = {**entry, "per_model": per_model}
+    return merged
+
+
 def run(ctx) -> None:
     """`sanity_claims`: every claim value of the paper from the stage tables, into one JSON
-    file; and the option study's verdicts."""
-    model = ctx.settings("sanity_checks.imagenet.model")
-    card = create_model(model, pretrained=False)
-    randomization = ctx.input("randomization")
-    summarized = {mode: summarize_table(read_table(randomization / f"imagenet-{mode}.csv")
-                                        .drop(columns="setup"))
-                  for mode in ("cascading", "independent")}
-    claims = model_randomization_claims(
-        *(t[t["convention"].isin([CONVENTION, np.nan])] for t in summarized.values()), card)
-    calibration = read_table(ctx.input("calibration"))
-    claims.update(calibration_claims(calibration))
-    if "C2_ssim" in claims:  # "above the null": our own null, the gradient map vs a Gaussian mask
-        null = calibration[(calibration["reference"] == "gradient")
-                           & (calibration["other"] == "gaussian")
-                           & (calibration["metric"] == "ssim")]["mean"]
-        claims["C2_ssim"]["null"] = float(null.iloc[0]) if len(null) else None
-        claims["C2_ssim"]["value"] -= claims["C2_ssim"]["null"] or 0.0
+    file; and the option study's verdicts (on the primary ImageNet model)."""
+    run_models = ctx.settings("sanity_checks.imagenet.run_models")
+    claims = per_model_claims({model: imagenet_claims(ctx, model) for model in run_models})
     pairs = {path.stem: pair_summary(read_table(path))
              for path in sorted(ctx.input("data_randomization").glob("*.csv"))}
     claims.update(data_randomization_claims(pairs))
     toys = ctx.input("toys")
     claims.update(toy_claims(read_table(toys / "edge_study.csv"),
                              read_table(toys / "locality.csv"),
-                             read_table(toys / "linear_identities.csv")))
-    claims["model"] = {"name": model, "profile": ctx.settings("profile")}
+                             read_table(toys / "linear_identities.csv"),
+                             ctx.settings("sanity_checks.claims.bootstrap"), ctx.settings("seed")))
+    claims["model"] = {"name": run_models[0], "run_models": list(run_models),
+                       "profile": ctx.settings("profile")}
     write_json(ctx.output("metrics"), claims)
-    write_table(bn_study_verdicts(read_table(ctx.input("bn_study")), card,
+    write_table(bn_study_verdicts(read_table(ctx.input("bn_study")),
+                                  create_model(run_models[0], pretrained=False),
                                   read_claims(ctx.input("claims"))), ctx.output("verdicts"))

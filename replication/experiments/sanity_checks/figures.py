@@ -5,14 +5,16 @@ beyond the paper, the repaired randomization tests (``beyond_*``: ``repaired_mpr
 ``FIGURES`` is the inventory (paper_notes/sanity_checks.md §3 lists the same stems; a test
 checks both and each claim's ``figure_file``): the file stem, the drawing function (in the
 experiment's module), the sources it is drawn from, and the claims it shows. A source is
-``<input>`` or ``<input>/<file>`` of the `sanity_figures` stage; ``.csv`` sources arrive as
+``<input>`` or ``<input>/<file>`` of the `sanity_figures` stage, ``{model}`` standing for the
+primary ImageNet model (the first of ``sanity_checks.imagenet.run_models``); ``.csv`` sources arrive as
 frames, ``.npz`` sources as dicts of arrays. A drawing function takes the figure's context
 (``note``: the model note of every title; ``claims``: the figure's claims), the sources in
 order and the entry's options, and returns a figure, a table ``(frame, markdown)`` written as
 ``<stem>.csv`` and ``<stem>.md``, or None when the profile's data cannot show it.
 
-Where the profile's model is not the paper's (the quick profile explains EfficientNet-Lite0 on
-the ImageNet sample instead of Inception v3 on ILSVRC2012), every title says so.
+Every profile explains the paper's own images; where the primary model is not the paper's (the
+quick profile runs EfficientNet-Lite0 instead of Inception v3), every title says so, and a run
+on stand-in weights is stamped on every figure.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from replication.experiments.sanity_checks import (calibration, data_randomizati
                                                    option_study, repaired_mprt, toys)
 from replication.fileio import (atomic_directory, atomic_write_text, read_arrays, read_table,
                                 write_table)
-from replication.plotting import save_figure, use_style
+from replication.models.imagenet import STAND_IN_NOTE
+from replication.plotting import save_figure, stamp_figures, use_style
 
 log = logging.getLogger("replication")
 
@@ -58,17 +61,17 @@ class FigureContext:
 
 
 def _imagenet(mode: str) -> tuple[str, str]:
-    return f"randomization/imagenet-{mode}.csv", f"maps/imagenet-{mode}.npz"
+    return f"randomization/imagenet-{{model}}-{mode}.csv", f"maps/imagenet-{{model}}-{mode}.npz"
 
 
 def _mnist(setup: str, mode: str) -> tuple[str, str]:
     return f"randomization/{setup}-{mode}.csv", f"maps/{setup}-{mode}.npz"
 
 
-def _gallery(stem: str, mode: str, image: int, style: str, title: str,
+def _gallery(stem: str, mode: str, role: str, style: str, title: str,
              claims: tuple[str, ...] = ()) -> Figure:
     return Figure(stem, model_randomization.draw_imagenet_gallery, _imagenet(mode), claims,
-                  {"image": image, "style": style, "title": title})
+                  {"role": role, "style": style, "title": title})
 
 
 def _data(stem: str, setup: str, claim: str) -> Figure:
@@ -89,16 +92,17 @@ MNIST_CASCADING = tuple(f"randomization/{setup}-cascading.csv"
 
 FIGURES = (
     Figure("fig01_methods_and_edge_detector", model_randomization.draw_methods_and_edges,
-           ("maps/imagenet-cascading.npz",)),
-    _gallery("fig02_cascading_bird", "cascading", 0, "grayscale",
+           ("maps/imagenet-{model}-cascading.npz",)),
+    _gallery("fig02_cascading_bird", "cascading", "bird", "grayscale",
              "Fig. 2 — cascading randomization", ("C4",)),
-    _gallery("fig03_independent_bird", "independent", 0, "grayscale",
+    _gallery("fig03_independent_bird", "independent", "bird", "grayscale",
              "Fig. 3 — independent randomization", ("C6",)),
     Figure("fig04_cascading_rank_correlation", model_randomization.draw_rank_correlation,
-           ("randomization/imagenet-cascading.csv", "randomization/cnn-fashion_mnist-cascading.csv",
+           ("randomization/imagenet-{model}-cascading.csv",
+            "randomization/cnn-fashion_mnist-cascading.csv",
             "randomization/mlp-mnist-cascading.csv"), ("C1", "C2")),
     Figure("fig05_cascading_ssim_hog", model_randomization.draw_ssim_hog,
-           ("randomization/imagenet-cascading.csv",), ("C2-SSIM",)),
+           ("randomization/imagenet-{model}-cascading.csv",), ("C2-SSIM",)),
     _data("fig06_data_randomization_cnn_mnist", "cnn-mnist", "C11"),
     Figure("fig07_one_layer_conv_net", one_layer_net.draw_one_layer_net, ("maps/toys.npz",),
            ("C18",)),
@@ -106,22 +110,23 @@ FIGURES = (
            _imagenet("cascading"), (), {"style": "grayscale", "title": "Fig. 8"}),
     Figure("fig09_guided_backprop_cascading_diverging", model_randomization.draw_guided_backprop,
            _imagenet("cascading"), (), {"style": "diverging", "title": "Fig. 9"}),
-    _gallery("fig10_cascading_bird_grayscale", "cascading", 0, "grayscale",
+    _gallery("fig10_cascading_bird_grayscale", "cascading", "bird", "grayscale",
              "Fig. 10 — cascading, bird, ABS"),
-    _gallery("fig11_cascading_bird_diverging", "cascading", 0, "diverging",
+    _gallery("fig11_cascading_bird_diverging", "cascading", "bird", "diverging",
              "Fig. 11 — cascading, bird, diverging"),
-    _gallery("fig12_independent_bird_diverging", "independent", 0, "diverging",
+    _gallery("fig12_independent_bird_diverging", "independent", "bird", "diverging",
              "Fig. 12 — independent, bird, diverging"),
-    _gallery("fig13_cascading_dog_grayscale", "cascading", 1, "grayscale",
+    _gallery("fig13_cascading_dog_grayscale", "cascading", "dog", "grayscale",
              "Fig. 13 — cascading, dog, ABS"),
-    _gallery("fig14_cascading_dog_diverging", "cascading", 1, "diverging",
+    _gallery("fig14_cascading_dog_diverging", "cascading", "dog", "diverging",
              "Fig. 14 — cascading, dog, diverging"),
-    _gallery("fig15_independent_dog", "independent", 1, "grayscale", "Fig. 15 — independent, dog"),
-    _gallery("fig16_cascading_corn_grayscale", "cascading", 2, "grayscale",
+    _gallery("fig15_independent_dog", "independent", "dog", "grayscale",
+             "Fig. 15 — independent, dog"),
+    _gallery("fig16_cascading_corn_grayscale", "cascading", "corn", "grayscale",
              "Fig. 16 — cascading, corn, ABS"),
-    _gallery("fig17_cascading_corn_diverging", "cascading", 2, "diverging",
+    _gallery("fig17_cascading_corn_diverging", "cascading", "corn", "diverging",
              "Fig. 17 — cascading, corn, diverging"),
-    _gallery("fig18_independent_corn", "independent", 2, "grayscale",
+    _gallery("fig18_independent_corn", "independent", "corn", "grayscale",
              "Fig. 18 — independent, corn"),
     Figure("fig19_input_times_random_gradient", toys.draw_input_times_random,
            ("toys/input_times_random.csv",)),
@@ -149,7 +154,7 @@ FIGURES = (
     _mnist_gallery("35b", "mlp-fashion_mnist", "cascading", "grayscale"),
     Figure("fig37_one_layer_conv_net", one_layer_net.draw_one_layer_net_grayscale,
            ("maps/toys.npz",)),
-    Figure("table_calibration", calibration.draw_table, ("calibration",), ("C7",)),
+    Figure("table_calibration", calibration.draw_table, ("calibration/{model}.csv",), ("C7",)),
     Figure("table_option_study", option_study.draw_table, ("verdicts",)),
     Figure("beyond_repaired_mprt_rankings", repaired_mprt.draw_rankings, REPAIRED_MPRT),
     Figure("beyond_repaired_mprt_table", repaired_mprt.draw_table, REPAIRED_MPRT),
@@ -169,11 +174,23 @@ def of_family(claim_id: str, families: tuple[str, ...]) -> bool:
 def run(ctx) -> None:
     """`sanity_figures`: every figure and table of ``FIGURES``, then NOT_DRAWN.md."""
     use_style()
-    note = model_note(ctx.settings("sanity_checks.imagenet.model"), ctx.settings("profile"))
+    model = ctx.settings("sanity_checks.imagenet.run_models")[0]
+    note = model_note(model, ctx.settings("profile"))
+    stand_in = ctx.settings("stand_in_weights")
+    if stand_in:
+        note += f"; {STAND_IN_NOTE}"
     claims = read_claims(ctx.input("claims"))
+    stamp_figures(STAND_IN_NOTE if stand_in else None)
+    try:
+        _draw_all(ctx, model, note, claims)
+    finally:
+        stamp_figures(None)
+
+
+def _draw_all(ctx, model: str, note: str, claims: list[Claim]) -> None:
     with atomic_directory(ctx.output("out")) as out:
         for figure in FIGURES:
-            paths = [_source_path(ctx, source) for source in figure.sources]
+            paths = [_source_path(ctx, source.format(model=model)) for source in figure.sources]
             missing = [str(p) for p in paths if not p.exists()]
             if missing:
                 log.warning("%s: not drawn, %s missing", figure.stem, ", ".join(missing))

@@ -18,14 +18,15 @@ from skimage.filters import sobel
 from torch import Tensor
 
 from replication.attribution import method_label, postprocess
-from replication.experiments.common import (Explainer, ImageSet, mnist_set, stage_explainer,
-                                            trained_mnist_model)
-from replication.experiments.sanity_checks.settings import (ImageNetExperiment, MnistExperiment,
-                                                            SimilaritySettings)
+from replication.experiments.common import (Explainer, ImageSet, imagenet_card, mnist_set,
+                                            stage_explainer, trained_mnist_model)
+from replication.experiments.sanity_checks.settings import MnistExperiment, SimilaritySettings
 from replication.randomization import RandomizationOptions
 from replication.randomization.reinit import (cascading, explained_classes, independent,
                                               stage_card)
-from replication.experiments.sanity_checks.setups import imagenet_images, methods_for
+from replication.experiments.sanity_checks.setups import (CURVE_IMAGES, curve_set, demo_set,
+                                                          image_source, joined,
+                                                          methods_for, skip_unrun_model)
 from replication.fileio import write_json, write_npz, write_table
 from replication.metrics.similarity import compare
 from replication.models import ModelCard, create_model
@@ -55,9 +56,11 @@ def _rows(values: dict[str, np.ndarray], **fields) -> list[dict]:
 
 
 def explain_all(explainer: Explainer, card: ModelCard, images: ImageSet, targets: Tensor,
-                methods: dict[str, dict]) -> dict[str, Tensor]:
-    return {name: explainer(card, name, params, images.images, targets)
-            for name, params in methods.items()}
+                methods: dict[str, dict], counts: Mapping[str, int]) -> dict[str, Tensor]:
+    """Each method's maps of its first ``counts[method]`` images."""
+    return {name: explainer(card, name, params, images.images[:counts[name]],
+                            targets[:counts[name]])
+            for name, params in methods.items() if counts[name]}
 
 
 def run_randomization(card: ModelCard, images: ImageSet, methods: dict[str, dict], mode: str,
@@ -65,24 +68,29 @@ def run_randomization(card: ModelCard, images: ImageSet, methods: dict[str, dict
                       similarity: SimilaritySettings | Mapping[str, SimilaritySettings], *,
                       explainer: Explainer, target: str = "predicted",
                       gallery: Sequence[int] = (), gallery_methods: Iterable[str] | None = None,
+                      method_images: Mapping[str, int] | None = None,
                       ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Similarity of every stage's maps to the original maps, and the gallery renderings.
 
     ``similarity`` may map several convention names to settings (each row names its
     ``convention``; one settings object is named ``authors_code``); the galleries use the
-    first. ``gallery`` are indices into ``images`` whose maps are kept (for the paper's
-    galleries), for ``gallery_methods`` (default: all). Returns the tidy table and a dict of
-    arrays keyed ``"<stage index>/<method>/<grayscale|diverging>"`` plus ``"images"``.
+    first. ``method_images`` limits a method to the first N images (default: all); the
+    explained-class rows cover every image. ``gallery`` are indices into ``images`` whose maps
+    are kept (for the paper's galleries), for ``gallery_methods`` (default: all). Returns the
+    tidy table and a dict of arrays keyed ``"<stage index>/<method>/<grayscale|diverging>"``
+    plus ``"images"``.
     """
     conventions = ({CONVENTION: similarity} if isinstance(similarity, SimilaritySettings)
                    else dict(similarity))
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    counts = {m: min(len(images), (method_images or {}).get(m, len(images))) for m in methods}
     gallery = list(gallery)
-    kept = set(methods if gallery_methods is None else gallery_methods)
+    kept = {m for m in (methods if gallery_methods is None else gallery_methods)
+            if counts.get(m, 0) > max(gallery, default=-1)}
     explainer.place(card)
     original_targets = explained_classes(card.model, images.images, target, images.labels)
-    reference = explain_all(explainer, card, images, original_targets, methods)
+    reference = explain_all(explainer, card, images, original_targets, methods, counts)
     arrays: dict[str, np.ndarray] = {}
     rows: list[dict] = []
 
@@ -111,7 +119,7 @@ def run_randomization(card: ModelCard, images: ImageSet, methods: dict[str, dict
         targets = explained_classes(stage.model, images.images, target, images.labels)
         index = stage.index if mode == "cascading" else stage.index + 1
         record(index, stage.label, explain_all(explainer, stage_card(card, stage), images,
-                                               targets, methods), targets)
+                                               targets, methods, counts), targets)
     if gallery:
         pixels = card.preprocessing.denormalize(images.images[gallery]).clamp(0, 1)
         arrays["images"] = pixels.permute(0, 2, 3, 1).numpy().astype(np.float16)
@@ -134,14 +142,39 @@ def summarize_table(table: pd.DataFrame) -> pd.DataFrame:
 # --- the stages ---------------------------------------------------------------------------------
 
 def run_imagenet(ctx) -> None:
-    """`sanity_imagenet_randomization`: the profile's ImageNet model, cascading or independent."""
-    section = ctx.settings("sanity_checks.imagenet")
-    card = create_model(section.model)
-    images = imagenet_images(ctx, card, section.images)
-    _randomization_stage(ctx, "imagenet", card, images, section.methods, section,
-                         ctx.settings("sanity_checks.similarity.imagenet"),
-                         gallery_count=len(getattr(section.gallery, images.source)),
-                         examples=section.guided_backprop_examples)
+    """`sanity_imagenet_randomization`: one ImageNet model, cascading or independent, on the
+    paper's images: its demo images (every method, for the galleries; not in the table) and the
+    first N of its curve images (each method on its own first N, ``method_images``)."""
+    model, mode = ctx.item["model"], ctx.item["mode"]
+    section = ctx.settings("sanity_checks.imagenet").for_model(model)
+    if skip_unrun_model(ctx, model, section.run_models):
+        return
+    card = imagenet_card(ctx, model)
+    demos = demo_set(ctx.input("images"), card, section.demos)
+    measured = curve_set(ctx.input("images"), card, section.curve_images(mode))
+    images = joined(demos, measured)
+    counts = {m: len(demos) + n for m, n in section.method_counts(mode, len(measured)).items()}
+    options = ctx.settings("sanity_checks.randomization")
+    target = ctx.settings("sanity_checks.target")
+    similarity = ctx.settings("sanity_checks.similarity.imagenet")
+    explainer = stage_explainer(ctx, section.batch_size)
+    table, arrays = run_randomization(card, images, section.methods, mode, options, similarity,
+                                      explainer=explainer, target=target,
+                                      gallery=range(len(demos)), method_images=counts)
+    table = table[table["image"] >= len(demos)].assign(image=lambda t: t["image"] - len(demos))
+    examples = min(section.guided_backprop_examples, len(measured))
+    if mode == "cascading" and examples:
+        _, extra = run_randomization(card, measured.subset(range(examples)),
+                                     {"guided_backprop": section.methods["guided_backprop"]},
+                                     mode, options, similarity, explainer=explainer,
+                                     target=target, gallery=range(examples))
+        arrays.update({f"examples/{key}": value for key, value in extra.items()})
+    _write_outputs(ctx, f"imagenet-{model}", card, table,
+                   {**arrays, "image_names": np.array(demos.names),
+                    "demo_roles": np.array(section.demos)},
+                   {**image_source(measured), "demo_images": demos.names,
+                    "method_images": {m: n - len(demos) for m, n in counts.items()},
+                    "methods": section.methods})
 
 
 def run_mnist(ctx) -> None:
@@ -152,41 +185,71 @@ def run_mnist(ctx) -> None:
     images = mnist_set(ctx.input("data"), section.images)
     _randomization_stage(ctx, f"{arch}-{dataset}", card, images,
                          methods_for(arch, section.methods), section,
-                         ctx.settings("sanity_checks.similarity.mnist"), gallery_count=1,
-                         examples=0)
+                         ctx.settings("sanity_checks.similarity.mnist"))
 
 
 def _randomization_stage(ctx, setup: str, card: ModelCard, images: ImageSet,
-                         methods: dict[str, dict], section: ImageNetExperiment | MnistExperiment,
-                         similarity: SimilaritySettings, *,
-                         gallery_count: int, examples: int) -> None:
-    """One setup's per-image similarity table, gallery renderings and a small metrics file;
-    ``examples``: Guided Backprop on that many more images (Fig. 8–9, cascading only)."""
+                         methods: dict[str, dict], section: MnistExperiment,
+                         similarity: SimilaritySettings) -> None:
+    """One MNIST setup's per-image similarity table, the first image's renderings and a small
+    metrics file."""
     mode = ctx.item["mode"]
-    options = ctx.settings("sanity_checks.randomization")
-    target = ctx.settings("sanity_checks.target")
     if mode == "independent" and section.independent.images is not None:
         images = images.subset(range(min(section.independent.images, len(images))))
     explainer = stage_explainer(ctx, section.batch_size)
-    gallery = list(range(min(gallery_count, len(images))))
-    table, arrays = run_randomization(card, images, methods, mode, options, similarity,
-                                      explainer=explainer, target=target, gallery=gallery)
-    if mode == "cascading" and examples:
-        subset = images.subset(range(min(examples, len(images))))
-        _, extra = run_randomization(card, subset,
-                                     {"guided_backprop": methods["guided_backprop"]},
-                                     mode, options, similarity, explainer=explainer,
-                                     target=target, gallery=range(len(subset)))
-        arrays.update({f"examples/{key}": value for key, value in extra.items()})
+    gallery = list(range(min(1, len(images))))
+    table, arrays = run_randomization(card, images, methods, mode,
+                                      ctx.settings("sanity_checks.randomization"), similarity,
+                                      explainer=explainer,
+                                      target=ctx.settings("sanity_checks.target"),
+                                      gallery=gallery)
+    _write_outputs(ctx, setup, card, table,
+                   {**arrays, "image_names": np.array(images.names[:len(gallery)])},
+                   {"images": len(images), "image_source": images.source, "notes": images.notes,
+                    "methods": methods})
+
+
+def _write_outputs(ctx, setup: str, card: ModelCard, table: pd.DataFrame,
+                   arrays: dict[str, np.ndarray], described: dict) -> None:
+    """The stage's table, gallery renderings and metrics file (``described``: the images and
+    methods, as the setup has them)."""
+    mode = ctx.item["mode"]
     table.insert(0, "setup", setup)
     write_table(table, ctx.output("table"))
-    write_npz(ctx.output("maps"), {**arrays, "image_names": np.array(images.names[:len(gallery)])})
+    write_npz(ctx.output("maps"), arrays)
     write_json(ctx.output("metrics"), {
-        "setup": setup, "mode": mode, "model": card.name, "images": len(images),
-        "image_source": images.source, "notes": images.notes, "methods": methods,
-        "randomization": options.as_params(), "target": target,
+        "setup": setup, "mode": mode, "model": card.name, **described,
+        "randomization": ctx.settings("sanity_checks.randomization").as_params(),
+        "target": ctx.settings("sanity_checks.target"),
         "stages": int(table["stage_index"].max()), "seconds": ctx.seconds,
     })
+
+
+def imagenet_cost(ctx) -> list:
+    """The passes of one ImageNet item: every method's maps of its images at every stage (the
+    original's included), the explained classes of every stage, the Fig. 8–9 examples."""
+    from replication.cost import Cost, method_passes
+
+    model, mode = ctx.item["model"], ctx.item["mode"]
+    section = ctx.settings("sanity_checks.imagenet").for_model(model)
+    if model not in section.run_models:
+        return []
+    card = create_model(model, pretrained=False)
+    stages = len(card.randomization_blocks) + 1
+    demos = len(section.demos)
+    curves = min(CURVE_IMAGES, section.curve_images(mode) or CURVE_IMAGES)
+    costs = [method_passes(card, name, section.methods[name], demos + n)
+             for name, n in section.method_counts(mode, curves).items() if demos + n]
+    costs = [Cost(c.model, f"{c.what} × {stages} stages", c.forward_backward * stages,
+                  c.forward * stages) for c in costs]
+    costs.append(Cost(model, f"explained classes × {stages} stages", 0,
+                      (demos + curves) * stages))
+    examples = min(section.guided_backprop_examples, curves) if mode == "cascading" else 0
+    if examples:
+        gbp = method_passes(card, "guided_backprop", section.methods["guided_backprop"], examples)
+        costs.append(Cost(model, f"Fig. 8–9 examples × {stages} stages",
+                          gbp.forward_backward * stages, (gbp.forward + examples) * stages))
+    return costs
 
 
 # --- figures (drawn from the tables and map renderings above) ----------------------------------
@@ -249,29 +312,46 @@ def similarity_panels(summaries: dict[str, pd.DataFrame], metrics: Sequence[str]
     return fig
 
 
-def draw_methods_and_edges(context, cascade: dict[str, np.ndarray]) -> plt.Figure:
+def _demo_labels(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Each gallery image's label: its role in the paper (bird, dog, corn) and file."""
+    names = [str(n) for n in arrays.get("image_names", [])]
+    roles = [str(r) for r in arrays.get("demo_roles", [""] * len(names))]
+    return [f"{role} ({name})" if role else name for role, name in zip(roles, names)]
+
+
+def gallery_methods(arrays: dict[str, np.ndarray]) -> list[str]:
+    """The methods with gallery renderings, in their configured order."""
+    return list(dict.fromkeys(key.split("/")[1] for key in arrays
+                              if key.count("/") == 2 and not key.startswith("examples/")))
+
+
+def draw_methods_and_edges(context, cascade: dict[str, np.ndarray]) -> plt.Figure | None:
     """Fig. 1: the original model's maps (stage 0) beside an edge detector (Sobel)."""
-    names = [str(n) for n in cascade.get("image_names", [])]
+    labels = _demo_labels(cascade)
+    if not labels:
+        return None
     rows = []
-    for image in range(len(names)):
+    for image in range(len(labels)):
         picture = cascade["images"][image].astype(np.float32)
         row = [picture] + [cascade[f"0/{m}/grayscale"][image].astype(np.float32)
                            if f"0/{m}/grayscale" in cascade else None for m in FIG1_METHODS]
         rows.append(row + [sobel(picture.mean(-1))])
-    return gallery(rows, row_labels=[n.split("_", 1)[-1].rsplit(".", 1)[0] for n in names],
+    return gallery(rows, row_labels=labels,
                    col_labels=["Original", *[method_label(m) for m in FIG1_METHODS],
                                "Edge detector (Sobel)"], cmaps=HEAT_CMAP,
                    title=f"Fig. 1 — saliency maps and an edge detector; {context.note}")
 
 
 def draw_imagenet_gallery(context, table: pd.DataFrame, arrays: dict[str, np.ndarray], *,
-                          image: int, style: str, title: str) -> plt.Figure | None:
+                          role: str, style: str, title: str) -> plt.Figure | None:
     """Fig. 2, 3, 10–18: one demo image, every method × every stage."""
-    if "images" not in arrays or image >= len(arrays["images"]):
-        return None  # the profile's image set holds fewer demo images
-    names = [str(n) for n in arrays["image_names"]]
-    return randomization_gallery(arrays, stage_labels(table), image, style, table_methods(table),
-                                 f"{title}; {names[image]}; {context.note}")
+    roles = [str(r) for r in arrays.get("demo_roles", [])]
+    if role not in roles:
+        return None  # the profile explains other demo images
+    image = roles.index(role)
+    return randomization_gallery(arrays, stage_labels(table), image, style,
+                                 gallery_methods(arrays),
+                                 f"{title}; {_demo_labels(arrays)[image]}; {context.note}")
 
 
 def draw_rank_correlation(context, imagenet: pd.DataFrame, *mnist: pd.DataFrame) -> plt.Figure:

@@ -9,10 +9,10 @@ import dataclasses
 
 import pandas as pd
 
-from replication.experiments.common import stage_explainer
+from replication.experiments.common import imagenet_card, stage_explainer
 from replication.experiments.sanity_checks.model_randomization import run_randomization
-from replication.experiments.sanity_checks.setups import imagenet_images
-from replication.fileio import concat_tables, write_table
+from replication.experiments.sanity_checks.setups import CURVE_IMAGES, curve_set, image_source
+from replication.fileio import concat_tables, write_json, write_table
 from replication.models import create_model
 from replication.plotting import markdown_table
 
@@ -20,18 +20,22 @@ STUDY_METRICS = ("spearman_abs", "spearman_diverging")
 
 
 def run(ctx) -> None:
-    """`sanity_option_study`: results/sanity_checks/bn_study.csv."""
+    """`sanity_option_study`: results/sanity_checks/bn_study.csv, on the primary ImageNet model
+    (the first of ``run_models``; the option study is a table of point estimates, not a claim,
+    so the other architectures do not pay for it)."""
     study = ctx.settings("sanity_checks.bn_study")
     randomization = ctx.settings("sanity_checks.randomization")
-    card = create_model(ctx.settings("sanity_checks.imagenet.model"))
-    images = imagenet_images(ctx, card, study.images)
-    configured = ctx.settings("sanity_checks.imagenet.methods")
+    model = ctx.settings("sanity_checks.imagenet.run_models")[0]
+    card = imagenet_card(ctx, model)
+    images = curve_set(ctx.input("images"), card, study.images)
+    configured = ctx.settings("sanity_checks.imagenet.methods", model=model)
     methods = {m: configured[m] for m in study.methods}
     base = ctx.settings("sanity_checks.similarity.imagenet")
     conventions = {f"percentile_{p}": dataclasses.replace(base, metrics=STUDY_METRICS,
                                                           percentile=p)
                    for p in study.percentiles}
-    explainer = stage_explainer(ctx, ctx.settings("sanity_checks.imagenet.batch_size"))
+    explainer = stage_explainer(ctx, ctx.settings("sanity_checks.imagenet.batch_size",
+                                                  model=model))
     tables = []
     for batchnorm in study.batchnorm:
         options = dataclasses.replace(randomization, batchnorm=batchnorm)
@@ -41,6 +45,26 @@ def run(ctx) -> None:
         table.insert(0, "batchnorm", batchnorm)
         tables.append(table)
     write_table(concat_tables(tables), ctx.output("table"))
+    write_json(ctx.output("metrics"), {"model": card.name, **image_source(images),
+                                       "batchnorm": list(study.batchnorm), "methods": methods,
+                                       "seconds": ctx.seconds})
+
+
+def cost(ctx) -> list:
+    """Cascading randomization under each batch-norm option: every method's maps at every
+    stage, and the explained classes."""
+    from replication.cost import Cost, method_passes
+
+    study = ctx.settings("sanity_checks.bn_study")
+    model = ctx.settings("sanity_checks.imagenet.run_models")[0]
+    methods = ctx.settings("sanity_checks.imagenet.methods", model=model)
+    card = create_model(model, pretrained=False)
+    images, runs = min(study.images, CURVE_IMAGES), len(study.batchnorm)
+    stages = len(card.randomization_blocks) + 1
+    costs = [method_passes(card, m, methods[m], images) for m in study.methods]
+    costs.append(Cost(model, "explained classes", 0, images))
+    return [Cost(c.model, f"{c.what} × {stages} stages × {runs} options",
+                 c.forward_backward * stages * runs, c.forward * stages * runs) for c in costs]
 
 
 def draw_table(context, verdicts: pd.DataFrame) -> tuple[pd.DataFrame, str] | None:

@@ -9,8 +9,10 @@ stays light.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import field
 from typing import Annotated, Any, Literal
 
+from replication.config import PerModelSettings
 from replication.errors import ConfigError
 from replication.randomization import BatchNorm, RandomizationOptions
 from replication.settings import (Count, NonNegative, NonNegativeInt, Positive, PositiveInt,
@@ -56,11 +58,11 @@ class Independent(Settings):
 
 
 @settings
-class Gallery(Settings):
-    """The paper's demo images (Fig. 1–3, 10–18), by ImageNet image source."""
+class ImageNetIndependent(Independent):
+    """Independent randomization of an ImageNet model: the first ``images`` curve images, and
+    per method the first ``method_images[method]`` of them (a method not named: all)."""
 
-    ilsvrc2012_val: tuple[str, ...]
-    sample: tuple[str, ...]
+    method_images: dict[str, NonNegativeInt]
 
 
 def check_methods(methods: Mapping[str, Mapping[str, Any]], where: str) -> None:
@@ -80,27 +82,55 @@ def check_methods(methods: Mapping[str, Mapping[str, Any]], where: str) -> None:
 
 
 @settings
-class ImageNetExperiment(Settings):
-    model: str
-    images: Count            # null: every image; ILSVRC2012 val: `per_class` of each class
-    classes: tuple[str, ...]
-    per_class: PositiveInt
-    gallery: Gallery
-    guided_backprop_examples: NonNegativeInt  # Fig. 8–9
-    independent: Independent
+class ImageNetExperiment(PerModelSettings):
+    """The ImageNet model-randomization experiment, run on each of ``run_models`` (the first is
+    the primary model: its values are the claims' values, the others are reported beside
+    them). It explains the paper's own images (the ``sanity_images`` stage): its demo images
+    (bird, dog, corn) for the galleries, and the first ``images`` of its 200 curve images,
+    taken round-robin over the authors' 10 classes so that every prefix stays balanced."""
+
+    run_models: tuple[str, ...]
+    demos: tuple[Literal["bird", "dog", "corn"], ...]  # the gallery images (Fig. 1–3, 10–18)
+    images: Annotated[int | None, Range(ge=1)]  # curve images (null: all 200)
+    method_images: dict[str, NonNegativeInt]    # method -> its first N curve images (≤ images)
+    guided_backprop_examples: NonNegativeInt    # Fig. 8–9: the first N curve images
+    independent: ImageNetIndependent
     batch_size: PositiveInt
     methods: Methods
+    models: dict[str, "ImageNetExperiment"] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from replication.models import available_models
+        from replication.experiments.sanity_checks.stages import IMAGENET_MODELS
 
-        if self.model not in available_models():
-            raise ConfigError(f"params.yaml sanity_checks.imagenet.model is {self.model!r}; "
-                              f"choose one of {available_models()}")
+        unknown = [m for m in self.run_models if m not in IMAGENET_MODELS]
+        if unknown or not self.run_models or len(set(self.run_models)) < len(self.run_models):
+            raise ConfigError(f"params.yaml sanity_checks.imagenet.run_models is "
+                              f"{list(self.run_models)}; name each model once, from "
+                              f"{list(IMAGENET_MODELS)} (the stages' model matrix)")
         check_methods(self.methods, "sanity_checks.imagenet.methods")
+        for key, caps in (("method_images", self.method_images),
+                          ("independent.method_images", self.independent.method_images)):
+            extra = [m for m in caps if m not in self.methods]
+            if extra:
+                raise ConfigError(f"params.yaml sanity_checks.imagenet.{key} names {extra}, "
+                                  "which sanity_checks.imagenet.methods does not configure; "
+                                  f"choose from {list(self.methods)}")
         if self.guided_backprop_examples and "guided_backprop" not in self.methods:
             raise ConfigError("params.yaml sanity_checks.imagenet.guided_backprop_examples needs "
                               "guided_backprop among the methods (or set it to 0)")
+
+    @property
+    def primary(self) -> str:
+        return self.run_models[0]
+
+    def curve_images(self, mode: str) -> int | None:
+        """How many curve images a mode explains (None: all)."""
+        return self.images if mode == "cascading" else self.independent.images
+
+    def method_counts(self, mode: str, available: int) -> dict[str, int]:
+        """Method -> how many of ``available`` curve images it explains in ``mode``."""
+        caps = self.method_images if mode == "cascading" else self.independent.method_images
+        return {m: min(available, caps.get(m, available)) for m in self.methods}
 
 
 @settings
@@ -122,9 +152,12 @@ class DataRandomization(Settings):
 
 
 @settings
-class Calibration(Settings):
-    images: NonNegativeInt
+class Calibration(PerModelSettings):
+    """App. B's null calibration on each ImageNet model: the first ``images`` curve images."""
+
+    images: PositiveInt
     methods: tuple[str, ...]  # of sanity_checks.imagenet.methods
+    models: dict[str, "Calibration"] = field(default_factory=dict)
 
 
 @settings
@@ -132,12 +165,13 @@ class BnStudy(Settings):
     batchnorm: tuple[BatchNorm, ...]
     percentiles: tuple[Percentile, ...]
     methods: tuple[str, ...]  # of sanity_checks.imagenet.methods
-    images: NonNegativeInt
+    images: PositiveInt       # the first N curve images, on the primary ImageNet model
 
 
 @settings
 class Toys(Settings):
-    image: str                       # a file of the ImageNet sample
+    """Fig. 7 explains the paper's bird; Fig. 19 the first curve images and Fashion-MNIST."""
+
     filter_seeds: PositiveInt        # random 3×3 filters of the one-layer conv net
     noise_scales: tuple[NonNegative, ...]
     noise_locations: tuple[float, ...]
@@ -222,6 +256,19 @@ class RepairedMprt(Settings):
 
 
 @settings
+class Bootstrap(Settings):
+    n_resamples: PositiveInt
+    confidence: Annotated[float, Range(gt=0, lt=1)]
+
+
+@settings
+class ClaimsSettings(Settings):
+    """The claims' intervals: each claim's whole statistic bootstrapped over its images."""
+
+    bootstrap: Bootstrap
+
+
+@settings
 class SanityChecks(Settings):
     target: Literal["predicted", "label"]  # the explained class (predicted: the authors')
     randomization: RandomizationOptions
@@ -233,6 +280,7 @@ class SanityChecks(Settings):
     bn_study: BnStudy
     toys: Toys
     repaired_mprt: RepairedMprt  # beyond the paper
+    claims: ClaimsSettings
 
     def __post_init__(self) -> None:
         self.repaired_mprt.check(self.mnist.methods, self.imagenet.methods)
@@ -244,8 +292,8 @@ class SanityChecks(Settings):
                                   f"choose from {list(self.imagenet.methods)}")
 
 
-__all__ = ["BnStudy", "Calibration",
-           "DataRandomization", "Gallery", "ImageNetExperiment", "Independent",
-           "MnistExperiment", "RepairedImageNet", "RepairedMnist", "RepairedMprt",
-           "SanityChecks", "SimilarityByMaps", "SimilaritySettings", "SmoothMprt",
-           "EfficientMprt", "Toys", "check_methods"]
+__all__ = ["BnStudy", "Bootstrap", "Calibration", "ClaimsSettings",
+           "DataRandomization", "EfficientMprt", "ImageNetExperiment",
+           "ImageNetIndependent", "Independent", "MnistExperiment", "RepairedImageNet",
+           "RepairedMnist", "RepairedMprt", "SanityChecks", "SimilarityByMaps",
+           "SimilaritySettings", "SmoothMprt", "Toys", "check_methods"]

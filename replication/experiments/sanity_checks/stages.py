@@ -9,18 +9,23 @@ from replication.pipeline import Out, Stage
 
 PACKAGE = "replication.experiments.sanity_checks"
 RESULTS, METRICS = "results/sanity_checks", "metrics/sanity_checks"
-IMAGENET_DATA = {"sample": "datasets/imagenet_sample", "ilsvrc2012": "datasets/ilsvrc2012_val"}
-# What the ImageNet image set is made of (setups.imagenet_images).
-IMAGENET_IMAGES = ("seed", "imagenet.source", "sanity_checks.imagenet.model",
-                   "sanity_checks.imagenet.gallery", "sanity_checks.imagenet.classes",
-                   "sanity_checks.imagenet.per_class")
+# The paper's own ImageNet images (its 200 curve images and its demo images), every profile.
+IMAGENET_DATA = {"images": "datasets/sanity_checks_imagenet"}
+# The ImageNet models a profile may run (`sanity_checks.imagenet.run_models` picks from them):
+# one matrix item each, so each model's outputs stand alone for DVC (a failed or re-run model
+# leaves the others' outputs as they are); an item whose model the profile does not run writes
+# empty outputs that say so. The offline Lite models first: they finish before Inception v3.
+IMAGENET_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                   "inception_v3")
+# What loading an ImageNet model for a stage reads (experiments.common.imagenet_card).
+IMAGENET_MODEL = ("device", "stand_in_weights", "sanity_checks.imagenet.run_models")
 MNIST = {"arch": ("cnn", "mlp"), "dataset": ("mnist", "fashion_mnist")}
 MODES = {"mode": ("cascading", "independent")}
 SETUP = "{arch}-{dataset}"
 # The experiment tables the claims and the figures are drawn from.
 TABLES = {"randomization": f"{RESULTS}/randomization",
           "data_randomization": f"{RESULTS}/data_randomization", "toys": f"{RESULTS}/toys",
-          "calibration": f"{RESULTS}/calibration.csv"}
+          "calibration": f"{RESULTS}/calibration"}
 CLAIMS = "claims/sanity_checks.yaml"
 # Beyond the paper: the paper's MPRT beside sMPRT and eMPRT (repaired_mprt.py).
 REPAIRED = f"{RESULTS}/repaired_mprt"
@@ -44,11 +49,13 @@ def _repaired_outs(domain: str) -> dict[str, Out]:
 
 STAGES = [
     Stage("sanity_imagenet_randomization", f"{PACKAGE}.model_randomization:run_imagenet",
-          reads=("device", "seed", "imagenet.source", "sanity_checks.target",
+          reads=("device", "stand_in_weights", "sanity_checks.target",
                  "sanity_checks.randomization", "sanity_checks.similarity.imagenet",
                  "sanity_checks.imagenet"),
-          matrix=MODES, deps=IMAGENET_DATA, outs=_randomization_outs("imagenet"),
-          help="cascading or independent randomization of the ImageNet model (Fig. 1-5, 8-18)"),
+          matrix={"model": IMAGENET_MODELS, **MODES}, deps=IMAGENET_DATA,
+          outs=_randomization_outs("imagenet-{model}"),
+          cost=f"{PACKAGE}.model_randomization:imagenet_cost",
+          help="cascading or independent randomization of an ImageNet model (Fig. 1-5, 8-18)"),
     Stage("sanity_mnist_randomization", f"{PACKAGE}.model_randomization:run_mnist",
           reads=("device", "sanity_checks.target", "sanity_checks.randomization",
                  "sanity_checks.similarity.mnist", "sanity_checks.mnist"),
@@ -68,22 +75,28 @@ STAGES = [
                                metric=True)},
           help="true-label vs permuted-label model of an MNIST setup (Fig. 6, 22-25)"),
     Stage("sanity_calibration", f"{PACKAGE}.calibration:run",
-          reads=("device", *IMAGENET_IMAGES, "sanity_checks.target",
+          reads=(*IMAGENET_MODEL, "seed", "sanity_checks.target",
                  "sanity_checks.imagenet.batch_size", "sanity_checks.imagenet.methods",
                  "sanity_checks.similarity.imagenet", "sanity_checks.calibration"),
-          deps=IMAGENET_DATA,
-          outs={"table": Out(f"{RESULTS}/calibration.csv", cache=False)},
-          help="the null calibration of App. B"),
+          matrix={"model": IMAGENET_MODELS}, deps=IMAGENET_DATA,
+          outs={"table": Out(f"{RESULTS}/calibration/{{model}}.csv", cache=False),
+                "metrics": Out(f"{METRICS}/calibration/{{model}}.json", cache=False,
+                               metric=True)},
+          cost=f"{PACKAGE}.calibration:cost",
+          help="the null calibration of App. B, on an ImageNet model"),
     Stage("sanity_option_study", f"{PACKAGE}.option_study:run",
-          reads=("device", *IMAGENET_IMAGES, "sanity_checks.target",
+          reads=(*IMAGENET_MODEL, "sanity_checks.target",
                  "sanity_checks.randomization", "sanity_checks.imagenet.batch_size",
                  "sanity_checks.imagenet.methods", "sanity_checks.similarity.imagenet",
                  "sanity_checks.bn_study"),
           deps=IMAGENET_DATA,
-          outs={"table": Out(f"{RESULTS}/bn_study.csv", cache=False)},
-          help="cascading randomization under each batch-norm option and map convention"),
+          outs={"table": Out(f"{RESULTS}/bn_study.csv", cache=False),
+                "metrics": Out(f"{METRICS}/bn_study.json", cache=False, metric=True)},
+          cost=f"{PACKAGE}.option_study:cost",
+          help="cascading randomization of the primary ImageNet model under each batch-norm "
+               "option and map convention"),
     Stage("sanity_toys", f"{PACKAGE}.toys:run",
-          reads=(*IMAGENET_IMAGES, "sanity_checks.toys"),
+          reads=("seed", "sanity_checks.imagenet.run_models", "sanity_checks.toys"),
           deps={**IMAGENET_DATA, "fashion_mnist": "datasets/fashion_mnist"},
           outs={"out": Out(f"{RESULTS}/toys", cache=False),
                 "maps": Out(f"{RESULTS}/maps/toys.npz")},
@@ -104,13 +117,13 @@ STAGES = [
           outs=_repaired_outs("imagenet"), cost=f"{PACKAGE}.repaired_mprt:imagenet_cost",
           help="beyond the paper: the paper's MPRT, sMPRT and eMPRT on the ImageNet models"),
     Stage("sanity_claims", f"{PACKAGE}.claims:run",
-          reads=("profile", "sanity_checks.imagenet.model"),
+          reads=("profile", "seed", "sanity_checks.imagenet.run_models", "sanity_checks.claims"),
           deps={**TABLES, "bn_study": f"{RESULTS}/bn_study.csv", "claims": CLAIMS},
           outs={"verdicts": Out(f"{RESULTS}/bn_study_verdicts.csv", cache=False),
                 "metrics": Out(f"{METRICS}/claims.json", cache=False, metric=True)},
           help="the claim values of the paper and the option study's verdicts"),
     Stage("sanity_figures", f"{PACKAGE}.figures:run",
-          reads=("profile", "sanity_checks.imagenet.model"),
+          reads=("profile", "stand_in_weights", "sanity_checks.imagenet.run_models"),
           deps={**TABLES, "maps": f"{RESULTS}/maps",
                 "verdicts": f"{RESULTS}/bn_study_verdicts.csv", "claims": CLAIMS,
                 "repaired_mprt": REPAIRED},

@@ -31,7 +31,8 @@ from replication.errors import ConfigError
 from replication.experiments.common import mnist_set
 from replication.experiments.sanity_checks.one_layer_net import (load_image, locality_check,
                                                                  one_layer_edge_study)
-from replication.experiments.sanity_checks.setups import imagenet_images
+from replication.data.sanity_images import demo_images
+from replication.experiments.sanity_checks.setups import curve_set
 from replication.fileio import atomic_directory, write_npz, write_table
 from replication.metrics.similarity import compare, summarize
 from replication.models import create_model
@@ -116,11 +117,13 @@ def run(ctx) -> None:
     gradients) and the linear-model identities of §5 (claims C17, C18)."""
     section = ctx.settings("sanity_checks.toys")
     seed = ctx.settings("seed")
-    image = load_image(ctx.input("sample") / "images" / section.image)
+    folder = ctx.input("images")
+    image = load_image(folder / "images" / demo_images(folder)["bird"])  # the paper's bird
     study = one_layer_edge_study(image, filter_seeds=range(section.filter_seeds), seed=seed)
     tables = {"edge_study": study.table, "locality": locality_check(image, seed=seed)}
-    card = create_model(ctx.settings("sanity_checks.imagenet.model"))
-    photos = imagenet_images(ctx, card, section.imagenet_images).images
+    # Fig. 19's photos through the primary ImageNet model's preprocessing (no weights needed)
+    card = create_model(ctx.settings("sanity_checks.imagenet.run_models")[0], pretrained=False)
+    photos = curve_set(folder, card, section.imagenet_images).images
     digits = mnist_set(ctx.input("fashion_mnist"), section.fashion_images).images
     tables["input_times_random"] = _noise_study(photos, digits, section, seed)
     tables["linear_identities"] = linear_identities(digits, seed)
