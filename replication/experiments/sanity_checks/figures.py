@@ -149,6 +149,11 @@ FIGURES = (
            ("maps/toys.npz",)),
     Figure("table_calibration", calibration.draw_table, ("calibration",), ("C7",)),
     Figure("table_option_study", option_study.draw_table, ("verdicts",)),
+    Figure("table_border_diagnostic", data_randomization.draw_border_table,
+           tuple(f"data_randomization/{setup}.csv" for setup in model_randomization.MNIST_TITLES),
+           ("C13", "C13F")),
+    Figure("table_seed_spread", data_randomization.draw_seed_spread, ("seed_spread",),
+           ("C11", "C12", "C13", "C13F")),
 )
 
 

@@ -122,6 +122,14 @@ class DataRandomization(Settings):
 
 
 @settings
+class TrainingSeeds(Settings):
+    """The data-randomization pairs retrained with further training seeds (issue 14 §4)."""
+
+    seeds: PositiveInt                       # training seeds in all: `seed`, `seed` + 1, …
+    archs: tuple[Literal["cnn", "mlp"], ...]  # the architectures whose pairs are retrained
+
+
+@settings
 class Calibration(Settings):
     images: NonNegativeInt
     methods: tuple[str, ...]  # of sanity_checks.imagenet.methods
@@ -153,6 +161,8 @@ class SanityChecks(Settings):
     imagenet: ImageNetExperiment
     mnist: MnistExperiment
     data_randomization: DataRandomization
+    training_seeds: TrainingSeeds
+    bootstrap_resamples: PositiveInt  # the claims' bootstrap intervals (data randomization)
     calibration: Calibration
     bn_study: BnStudy
     toys: Toys
@@ -169,4 +179,4 @@ class SanityChecks(Settings):
 __all__ = ["BnStudy", "Calibration",
            "DataRandomization", "Gallery", "ImageNetExperiment", "Independent",
            "MnistExperiment", "SanityChecks", "SimilarityByMaps",
-           "SimilaritySettings", "Toys", "check_methods"]
+           "SimilaritySettings", "Toys", "TrainingSeeds", "check_methods"]
