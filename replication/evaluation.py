@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from replication.data.tensors import ImageNetImages
+from replication.metrics.stats import wilson_interval
 from replication.models import ModelCard
 
 
@@ -26,7 +27,9 @@ def imagenet_accuracy(card: ModelCard, folder: str | os.PathLike, batch_size: in
         top1 += int((best[:, 0] == labels).sum())
         top5 += int((best == labels[:, None]).any(dim=1).sum())
     n = len(dataset)
-    return {"model": card.name, "n_images": n, "top1": top1 / n, "top5": top5 / n}
+    return {"model": card.name, "n_images": n,
+            "top1": top1 / n, "top1_ci": wilson_interval(top1, n).as_json(),
+            "top5": top5 / n, "top5_ci": wilson_interval(top5, n).as_json()}
 
 
 def run_accuracy_stage(ctx) -> None:

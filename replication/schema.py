@@ -6,8 +6,10 @@ this module only assembles them. It imports no heavy library, so checking the fi
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Literal
 
+from replication.config import PerModelSettings
 from replication.data.fetch import Network
 from replication.errors import ConfigError
 from replication.experiments.expected_gradcam.settings import ExpectedGradCAM
@@ -63,22 +65,44 @@ class ImageNetSettings(Settings):
 
 @settings
 class TrainRun(Settings):
-    """One training run of the data-randomization matrix (true or permuted labels)."""
+    """One training run of the data-randomization matrix (true or permuted labels). Its length
+    is ``epochs`` passes over the training images or ``steps`` optimiser steps: set one, the
+    other null."""
 
-    epochs: PositiveInt
+    epochs: Annotated[int | None, Range(ge=1)]
+    steps: Annotated[int | None, Range(ge=1)] = None
     batch_size: PositiveInt
     lr: Positive
     subset: Annotated[int | None, Range(ge=1)] = None  # the first N of the 55,000 (null: all)
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup: Annotated[float, Range(gt=0, lt=1)] = 0.3  # onecycle: fraction of steps rising
 
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ConfigError(f"a training run is epochs or steps long: set one and the other to "
+                              f"null (got epochs {self.epochs}, steps {self.steps})")
+
 
 @settings
-class TrainSettings(Settings):
+class TrainSettings(PerModelSettings):
+    """The `train` section; ``models: {mnist_cnn | mnist_mlp: {…}}`` holds an architecture's
+    own overrides (the quick profile trains the CNN and the MLP with different regimes)."""
+
     init: Literal["authors_code", "pytorch_default"]
     l2_penalty: NonNegative
+    # Which weights the penalty covers: authors_code (CNN conv1, conv2, fc1; MLP none) |
+    # paper_text (App. B's weight decay on both: the MLP's fc1-fc3 too); replication.training
+    l2_layers: Literal["authors_code", "paper_text"]
+    train_acc_images: Count  # train_acc scores the first N images trained on (null: all)
     true_labels: TrainRun
     random_labels: TrainRun
+    models: dict[str, "TrainSettings"] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.models) - {"mnist_cnn", "mnist_mlp"})
+        if unknown:
+            raise ConfigError(f"params.yaml train.models names {unknown}; the trained models are "
+                              "mnist_cnn and mnist_mlp")
 
 
 @settings

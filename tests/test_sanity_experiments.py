@@ -218,23 +218,114 @@ def test_data_randomization_of_a_model_against_itself_is_perfectly_similar(cnn, 
     assert set(arrays) >= {"true/gradient/grayscale", "random/gradient/diverging", "images"}
 
 
-def test_data_randomization_claims_from_pair_summaries():
-    def pair(values):
-        return pd.DataFrame([{"method": m, "metric": "spearman_abs", "mean": v, "sd": 0.1}
-                             for m, v in values.items()]
-                            + [{"method": m, "metric": "spearman_diverging", "mean": 0.1, "sd": 0.3}
-                               for m in values]
-                            + [{"method": m, "metric": "spearman_abs_nonzero_pixels",
-                                "mean": v - 0.4, "sd": 0.1} for m, v in values.items()])
+def _pair_table(abs_means: dict[str, float], images: int = 12, spread: float = 0.05,
+                seed: int = 0) -> pd.DataFrame:
+    """A per-image data-randomization table whose Spearman ABS means are ``abs_means``."""
+    noise = np.random.default_rng(seed).normal(0, spread, (len(abs_means), images))
+    noise -= noise.mean(1, keepdims=True)  # the means are exactly the given ones
+    rows = []
+    for (method, mean), row_noise in zip(abs_means.items(), noise):
+        for image, e in enumerate(row_noise):
+            rows += [{"method": method, "metric": "spearman_abs", "image": image, "value": mean + e},
+                     {"method": method, "metric": "spearman_diverging", "image": image,
+                      "value": 0.1 + e},
+                     {"method": method, "metric": "spearman_abs_nonzero_pixels", "image": image,
+                      "value": mean - 0.4 + e}]
+    return pd.DataFrame(rows)
 
-    good = {"gradient": 0.2, "smoothgrad": 0.25, "guided_backprop": 0.5, "guided_gradcam": 0.55,
-            "gradcam": 0.0, "integrated_gradients": 0.99, "input_x_gradient": 0.99}
-    values = claims.data_randomization_claims({"cnn-mnist": pair(good)})
-    assert values["C11"]["guided_backprop"]["value"] == 0.5
+
+GOOD = {"gradient": 0.2, "smoothgrad": 0.25, "guided_backprop": 0.5, "guided_gradcam": 0.55,
+        "gradcam": 0.0, "integrated_gradients": 0.99, "input_x_gradient": 0.99}
+
+
+def test_data_randomization_claims_carry_bootstrap_intervals_of_the_whole_statistic():
+    values = claims.data_randomization_claims({"cnn-mnist": _pair_table(GOOD)}, n_resamples=300)
+    entry = values["C11"]["guided_backprop"]
+    assert entry["value"] == pytest.approx(0.5, abs=atol(1.0, ops=24, dtype=FLOAT64))
+    interval = entry["value_ci"]
+    assert interval["method"] == "bootstrap" and interval["n"] == 12
+    assert interval["low"] < entry["value"] < interval["high"]
     assert values["C15_order"]["value"] == 0 and values["C15_gradcam_lowest"]["value"] < 0
     assert values["C16"]["value"] == pytest.approx(0.4)
-    values = claims.data_randomization_claims({"cnn-mnist": pair({**good, "gradient": 0.7})})
-    assert values["C15_order"]["value"] == 1
+    low, high = values["C16"]["value_ci"]["low"], values["C16"]["value_ci"]["high"]
+    exact = atol(1.0, ops=24, dtype=FLOAT64)  # the drop is 0.4 on every image
+    assert low == pytest.approx(0.4, abs=exact) and high == pytest.approx(0.4, abs=exact)
+    again = claims.data_randomization_claims({"cnn-mnist": _pair_table(GOOD)}, n_resamples=300)
+    assert again == values  # seeded: the same intervals
+    violated = claims.data_randomization_claims(
+        {"cnn-mnist": _pair_table({**GOOD, "gradient": 0.7})}, n_resamples=300)
+    assert violated["C15_order"]["value"] == 1
+
+
+def test_the_aggregate_interval_matches_a_brute_force_percentile_bootstrap():
+    """C14-max is a maximum of means over methods: the bootstrap must resample images jointly
+    and recompute the maximum (the percentile interval, checked against a plain loop)."""
+    from replication.metrics.stats import bootstrap_statistic
+
+    table = _pair_table(GOOD, images=10, spread=0.2)
+    rows, columns = claims.image_matrix({"cnn-mnist": table})
+    diverging = [i for i, c in enumerate(columns) if c[2] == "spearman_diverging"]
+    interval = bootstrap_statistic(rows, lambda r: r[:, diverging].mean(0).max(), n_resamples=400,
+                                   seed=3, method="percentile")
+    rng = np.random.default_rng(3)
+    draws = [rows[rng.integers(0, 10, 10)][:, diverging].mean(0).max() for _ in range(4000)]
+    assert interval.value == pytest.approx(rows[:, diverging].mean(0).max())
+    assert interval.low == pytest.approx(np.percentile(draws, 2.5), abs=0.03)
+    assert interval.high == pytest.approx(np.percentile(draws, 97.5), abs=0.03)
+
+
+def test_seed_accounting_widens_the_image_interval_by_the_seed_spread():
+    from scipy import stats as scipy_stats
+
+    from replication.metrics.stats import Interval
+
+    image = Interval(0.5, 0.45, 0.53, 50, "bootstrap", "images")
+    widened = claims.widen_by_seeds(image, [0.5, 0.6, 0.4])
+    margin = scipy_stats.t.ppf(0.975, 2) * 0.1  # SD of (0.5, 0.6, 0.4) is 0.1
+    assert widened["seed_sd"] == pytest.approx(0.1) and widened["seed_margin"] == pytest.approx(margin)
+    assert widened["low"] == pytest.approx(0.5 - np.hypot(0.05, margin))
+    assert widened["high"] == pytest.approx(0.5 + np.hypot(0.03, margin))
+    assert (widened["image_low"], widened["image_high"]) == (0.45, 0.53)
+    assert widened["method"] == "bootstrap+seeds" and widened["n"] == 50
+    # identical seeds add nothing; one seed has no spread to add
+    assert claims.widen_by_seeds(image, [0.5, 0.5, 0.5])["low"] == pytest.approx(0.45)
+    assert claims.widen_by_seeds(image, [0.5]) == image.as_json()
+
+
+def test_claims_of_retrained_pairs_are_widened_and_the_others_are_not():
+    mlp = {m: v for m, v in GOOD.items() if "gradcam" not in m}
+    tables = {"cnn-mnist": _pair_table(GOOD), "mlp-mnist": _pair_table(mlp)}
+    retrained = {1: {"mlp-mnist": _pair_table({**mlp, "gradient": 0.3}, seed=1)},
+                 2: {"mlp-mnist": _pair_table({**mlp, "gradient": 0.1}, seed=2)}}
+    plain = claims.data_randomization_claims(tables, n_resamples=200)
+    values = claims.data_randomization_claims(tables, retrained, n_resamples=200)
+    gradient = values["C13"]["gradient"]["value_ci"]
+    assert gradient["seed_values"] == pytest.approx([0.2, 0.3, 0.1])
+    assert gradient["low"] < plain["C13"]["gradient"]["value_ci"]["low"] - 0.1
+    assert values["C13"]["gradient"]["value"] == plain["C13"]["gradient"]["value"]
+    assert values["C11"]["gradient"] == plain["C11"]["gradient"]  # the CNN pair was not retrained
+    assert values["C14_max"]["value_ci"]["method"] == "bootstrap+seeds"  # reads the MLP pair too
+    spread = claims.seed_spread_table(tables, retrained, n_resamples=200, seed=0)
+    row = spread[(spread["pair"] == "mlp-mnist") & (spread["method"] == "gradient")
+                 & (spread["metric"] == "spearman_abs")].iloc[0]
+    assert row["seeds"] == 3 and row["larger"] == "seeds"
+    assert row["low"] == pytest.approx(gradient["low"])
+
+
+def test_the_border_diagnostic_on_a_constructed_map():
+    training = torch.zeros(100, 1, 4, 4)
+    training[:, 0, 1:3, 1:3] = 1.0  # the centre is lit in every image
+    training[:1, 0, 0, 0] = 1.0     # one corner pixel in 1% of them
+    groups = data_randomization.pixel_groups(training)
+    assert int(groups["abs_common_pixels"].sum()) == 4 and int(groups["abs_rare_pixels"].sum()) == 12
+    maps = torch.zeros(2, 1, 4, 4)
+    maps[0, 0, 1:3, 1:3] = -2.0  # |E| / max|E| = 1 on the centre
+    maps[0, 0, 0, :] = 1.0       # 0.5 on the four pixels of the top row
+    maps[1, 0] = 3.0
+    values = data_randomization.border_diagnostic(maps, groups)
+    assert values["abs_common_pixels"].tolist() == [1.0, 1.0]
+    assert values["abs_rare_pixels"][0] == pytest.approx(4 * 0.5 / 12)
+    assert values["abs_rare_pixels"][1] == 1.0
 
 
 def test_linear_identities_hold_to_float_precision(digits):
@@ -334,8 +425,9 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
     assert (pairs.loc[pairs["metric"] == "spearman_abs", "mean"] - 1.0).abs().max() <= identical
 
     inputs = {name: results / name for name in ("randomization", "data_randomization", "toys",
-                                                "maps", "repaired_mprt")}
+                                                "maps", "repaired_mprt", "training_seeds")}
     inputs.update(calibration=results / "calibration",
+                  seed_spread=results / "seed_spread.csv",
                   verdicts=results / "bn_study_verdicts.csv",
                   claims=ROOT / "claims" / "sanity_checks.yaml")
     figures.run(stage_context("sanity_figures", inputs=inputs,

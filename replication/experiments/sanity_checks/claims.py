@@ -24,16 +24,18 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from replication.claims import point_verdict, read_claims
-from replication.experiments.sanity_checks.data_randomization import pair_summary
+from replication.experiments.sanity_checks.data_randomization import NONZERO_METRIC
 from replication.experiments.sanity_checks.model_randomization import CONVENTION
 from replication.experiments.sanity_checks.settings import Bootstrap
 from replication.fileio import read_table, write_json, write_table
-from replication.metrics.stats import bootstrap_statistic, exact
+from replication.metrics.stats import Interval, bootstrap_statistic, exact
 from replication.models import ModelCard, create_model
 
 C1_METHODS = ("input_x_gradient", "integrated_gradients")
@@ -231,52 +233,231 @@ def ssim_null(values: pd.DataFrame) -> float:
     return float(null.mean()) if len(null) else 0.0
 
 
-def data_randomization_claims(tables: Mapping[str, pd.DataFrame]) -> dict[str, dict]:
-    """C11–C16 from the per-pair summaries (``pair`` → rows method, metric, mean, sd, n)."""
-    def mean(pair, method, metric):
-        frame = tables[pair]
-        row = frame[(frame["method"] == method) & (frame["metric"] == metric)]
-        return float(row["mean"].iloc[0]) if len(row) else float("nan")
+# The data-randomization claims and the pairs they read (setup name as in the tables).
+PAIR_CLAIMS = (("C11", "cnn-mnist"), ("C12", "cnn-fashion_mnist"), ("C13", "mlp-mnist"),
+               ("C13_fashion", "mlp-fashion_mnist"))
+SPEARMAN_METRICS = ("spearman_abs", "spearman_diverging", NONZERO_METRIC)
 
-    claims: dict[str, dict] = {}
-    if not tables:
-        return claims
-    for claim, pair in (("C11", "cnn-mnist"), ("C12", "cnn-fashion_mnist"), ("C13", "mlp-mnist"),
-                        ("C13_fashion", "mlp-fashion_mnist")):
-        if pair in tables:
-            claims[claim] = {m: {"value": mean(pair, m, "spearman_abs")}
-                             for m in tables[pair]["method"].unique()}
-    diverging = pd.concat([t[t["metric"] == "spearman_diverging"].assign(pair=p)
-                           for p, t in tables.items()])
-    claims["C14_max"] = {"value": float(diverging["mean"].max())}
-    claims["C14_min"] = {"value": float(diverging["mean"].min())}
-    claims["C14_sd"] = {"value": float(diverging["sd"].mean())}
 
-    violations, gaps, gradcam_margins = [], {}, {}
-    for pair in tables:
-        abs_of = {m: mean(pair, m, "spearman_abs") for m in tables[pair]["method"].unique()}
+class ImageColumns:
+    """A (images × columns) matrix of data-randomization values, columns (pair, method,
+    metric), read by the claim statistics through column means (NaN images skipped) and SDs."""
+
+    def __init__(self, rows: np.ndarray, columns: Sequence[tuple[str, str, str]]):
+        self.rows, self.columns = rows, list(columns)
+        self.index = {c: i for i, c in enumerate(self.columns)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column is NaN
+            self._means = np.nanmean(rows, axis=0) if len(rows) else np.full(len(columns), np.nan)
+
+    def mean(self, pair: str, method: str, metric: str) -> float:
+        i = self.index.get((pair, method, metric))
+        return float("nan") if i is None else float(self._means[i])
+
+    def sd(self, pair: str, method: str, metric: str) -> float:
+        i = self.index.get((pair, method, metric))
+        return float("nan") if i is None else float(np.nanstd(self.rows[:, i]))
+
+    def methods(self, pair: str) -> list[str]:
+        return list(dict.fromkeys(m for p, m, _ in self.columns if p == pair))
+
+    def pairs(self) -> list[str]:
+        return list(dict.fromkeys(p for p, _, _ in self.columns))
+
+
+def image_matrix(tables: Mapping[str, pd.DataFrame]) -> tuple[np.ndarray, list[tuple]]:
+    """The per-image Spearman values of every pair side by side: row i is test image i of each
+    pair's data set (the images are the sampled units the intervals resample)."""
+    frames = []
+    for pair, table in tables.items():
+        rows = table[table["metric"].isin(SPEARMAN_METRICS)]
+        wide = rows.pivot(index="image", columns=["method", "metric"], values="value")
+        wide.columns = [(pair, method, metric) for method, metric in wide.columns]
+        frames.append(wide)
+    if not frames:
+        return np.empty((0, 0)), []
+    wide = pd.concat(frames, axis=1).sort_index()
+    return wide.to_numpy(dtype=np.float64), list(wide.columns)
+
+
+def data_randomization_statistics(view: ImageColumns) -> dict[str, tuple[tuple[str, ...], Callable]]:
+    """claim key → (the pairs it reads, its statistic of an ``ImageColumns``): every value the
+    data-randomization claims judge, so that the whole statistic is bootstrapped."""
+    pairs = view.pairs()
+    statistics: dict[str, tuple[tuple[str, ...], Callable]] = {}
+    for claim, pair in PAIR_CLAIMS:
+        for method in view.methods(pair) if pair in pairs else []:
+            statistics[f"{claim}.{method}"] = ((pair,), lambda v, p=pair, m=method:
+                                               v.mean(p, m, "spearman_abs"))
+    diverging = [(p, m) for p, m, k in view.columns if k == "spearman_diverging"]
+    statistics["C14_max"] = (tuple(pairs), lambda v: max(v.mean(p, m, "spearman_diverging")
+                                                         for p, m in diverging))
+    statistics["C14_min"] = (tuple(pairs), lambda v: min(v.mean(p, m, "spearman_diverging")
+                                                         for p, m in diverging))
+    statistics["C14_sd"] = (tuple(pairs), lambda v: float(np.mean(
+        [v.sd(p, m, "spearman_diverging") for p, m in diverging])))
+    cnn = tuple(p for p in pairs if "gradcam" in view.methods(p))
+    if cnn:
+        statistics["C15_gradcam_lowest"] = (cnn, lambda v: max(_gradcam_margin(v, p) for p in cnn))
+    statistics["C15_order"] = (tuple(pairs), lambda v: float(len(_order_violations(v))))
+    statistics["C15_ig_vs_input_x_gradient"] = (tuple(pairs), lambda v: max(
+        _ig_gap(v, p) for p in pairs))
+    mnist = tuple(p for p in pairs if p.endswith("-mnist"))
+    if mnist:
+        statistics["C16"] = (mnist, lambda v: min(_nonzero_drops(v, mnist).values()))
+    return statistics
+
+
+def _abs_of(view: ImageColumns, pair: str) -> dict[str, float]:
+    return {m: view.mean(pair, m, "spearman_abs") for m in view.methods(pair)}
+
+
+def _gradcam_margin(view: ImageColumns, pair: str) -> float:
+    abs_of = _abs_of(view, pair)
+    return abs_of["gradcam"] - min(v for m, v in abs_of.items() if m != "gradcam")
+
+
+def _order_violations(view: ImageColumns) -> list[str]:
+    """Pairs where Gradient, SmoothGrad < Guided Backprop, Guided Grad-CAM < IG, G⊙I fails."""
+    violations = []
+    for pair in view.pairs():
+        abs_of = _abs_of(view, pair)
         low = [abs_of[m] for m in ("gradient", "smoothgrad") if m in abs_of]
         middle = [abs_of[m] for m in ("guided_backprop", "guided_gradcam") if m in abs_of]
         high = [abs_of[m] for m in ("integrated_gradients", "input_x_gradient") if m in abs_of]
         if low and middle and high and not (max(low) < min(middle) and max(middle) < min(high)):
             violations.append(pair)
-        gaps[pair] = abs(abs_of["integrated_gradients"] - abs_of["input_x_gradient"])
-        if "gradcam" in abs_of:
-            others = [v for m, v in abs_of.items() if m != "gradcam"]
-            gradcam_margins[pair] = abs_of["gradcam"] - min(others)
-    claims["C15_gradcam_lowest"] = {"value": max(gradcam_margins.values()) if gradcam_margins
-                                    else None, "per_pair": gradcam_margins}
-    claims["C15_order"] = {"value": len(violations), "violations": violations}
-    claims["C15_ig_vs_input_x_gradient"] = {"value": max(gaps.values()), "per_pair": gaps}
-    drops = {}
-    for pair in tables:
-        if pair.endswith("mnist") and not pair.endswith("fashion_mnist"):
-            for method in ("integrated_gradients", "input_x_gradient"):
-                drops[f"{pair}/{method}"] = (mean(pair, method, "spearman_abs")
-                                             - mean(pair, method, "spearman_abs_nonzero_pixels"))
-    claims["C16"] = {"value": float(np.min(list(drops.values()))) if drops else None,
-                     "per_pair": drops}
+    return violations
+
+
+def _ig_gap(view: ImageColumns, pair: str) -> float:
+    return abs(view.mean(pair, "integrated_gradients", "spearman_abs")
+               - view.mean(pair, "input_x_gradient", "spearman_abs"))
+
+
+def _nonzero_drops(view: ImageColumns, pairs: Sequence[str]) -> dict[str, float]:
+    return {f"{pair}/{method}": (view.mean(pair, method, "spearman_abs")
+                                 - view.mean(pair, method, NONZERO_METRIC))
+            for pair in pairs for method in ("integrated_gradients", "input_x_gradient")}
+
+
+def widen_by_seeds(interval: Interval, per_seed: Sequence[float]) -> dict:
+    """The image interval of a value measured on one trained model, widened by the spread
+    between training seeds (issue 14 §4).
+
+    The model's value differs from the training recipe's by its images (the bootstrap interval)
+    and by its training seed: a single draw from the seed distribution, whose SD ``s`` is
+    estimated from the S seeds' values with S − 1 degrees of freedom. Each side of the interval
+    is therefore the image half-width and t(S − 1)·s combined in quadrature (the two sources are
+    independent); the image part alone is kept as ``image_low``/``image_high``. With one seed
+    there is no spread to add and the interval stays the images'.
+    """
+    values = np.asarray(per_seed, dtype=np.float64)
+    result = interval.as_json()
+    if len(values) < 2 or interval.low is None or interval.high is None:
+        return result
+    spread = float(np.std(values, ddof=1))
+    margin = float(scipy_stats.t.ppf(0.5 + interval.confidence / 2, len(values) - 1) * spread)
+    value = interval.value
+    low = value - math.hypot(value - interval.low, margin)
+    high = value + math.hypot(interval.high - value, margin)
+    return {**result, "low": low, "high": high, "method": "bootstrap+seeds",
+            "unit": f"images; {len(values)} training seeds", "image_low": interval.low,
+            "image_high": interval.high, "seed_values": [float(v) for v in values],
+            "seed_sd": spread, "seed_margin": margin}
+
+
+def data_randomization_claims(tables: Mapping[str, pd.DataFrame],
+                              seed_tables: Mapping[int, Mapping[str, pd.DataFrame]] | None = None,
+                              *, n_resamples: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """C11–C16 from the per-image tables (``pair`` → rows method, metric, image, value), each
+    value with its 95% interval ``value_ci``: the whole statistic bootstrapped over the test
+    images, widened by the training-seed spread where ``seed_tables`` (further training seed →
+    the retrained pairs' tables) retrained a pair it reads (``widen_by_seeds``)."""
+    if not tables:
+        return {}
+    rows, columns = image_matrix(tables)
+    view = ImageColumns(rows, columns)
+    statistics = data_randomization_statistics(view)
+    seed_views = {s: ImageColumns(*image_matrix({**tables, **retrained}))
+                  for s, retrained in (seed_tables or {}).items()}
+    claims: dict[str, dict] = {}
+    for key, (pairs, statistic) in statistics.items():
+        used = [view.index[c] for c in columns if c[0] in pairs]
+        names = [columns[i] for i in used]
+        interval = bootstrap_statistic(rows[:, used], lambda r, n=names: statistic(ImageColumns(r, n)),
+                                       n_resamples=n_resamples, seed=seed)
+        per_seed = [interval.value] + [statistic(v) for s, v in seed_views.items()
+                                       if set(pairs) & set(seed_tables[s])]
+        entry = {"value": interval.value, "value_ci": widen_by_seeds(interval, per_seed)}
+        claim, _, method = key.partition(".")
+        if method:
+            claims.setdefault(claim, {})[method] = entry
+        else:
+            claims[key] = entry
+    if "C15_gradcam_lowest" in claims:
+        claims["C15_gradcam_lowest"]["per_pair"] = {p: _gradcam_margin(view, p) for p in view.pairs()
+                                                    if "gradcam" in view.methods(p)}
+    claims["C15_order"]["violations"] = _order_violations(view)
+    claims["C15_ig_vs_input_x_gradient"]["per_pair"] = {p: _ig_gap(view, p) for p in view.pairs()}
+    if "C16" in claims:
+        claims["C16"]["per_pair"] = _nonzero_drops(view, [p for p in view.pairs()
+                                                          if p.endswith("-mnist")])
     return claims
+
+
+def data_randomization_tables(folder: Path, seeds_folder: Path) -> tuple[
+        dict[str, pd.DataFrame], dict[int, dict[str, pd.DataFrame]]]:
+    """The pairs' per-image tables (setup → table) and those of the pairs retrained with further
+    training seeds (seed → setup → table)."""
+    pairs = {path.stem: read_table(path) for path in sorted(folder.glob("*.csv"))}
+    retrained: dict[int, dict[str, pd.DataFrame]] = {}
+    for path in sorted(seeds_folder.glob("*.csv")):
+        table = read_table(path)
+        for seed, rows in table.groupby("seed", sort=True):
+            retrained.setdefault(int(seed), {})[path.stem] = rows.drop(columns="seed")
+    return pairs, retrained
+
+
+def seed_spread_table(tables: Mapping[str, pd.DataFrame],
+                      seed_tables: Mapping[int, Mapping[str, pd.DataFrame]], *,
+                      n_resamples: int, seed: int) -> pd.DataFrame:
+    """Per pair, method and Spearman metric: the pipeline model's mean with its image interval,
+    each training seed's mean, their SD and t-margin, which spread is the larger, and the
+    interval widened by both (``widen_by_seeds``): issue 14 §4's table."""
+    rows = []
+    for pair, table in tables.items():
+        for (method, metric), group in table.groupby(["method", "metric"], sort=False):
+            if metric not in ("spearman_abs", "spearman_diverging"):
+                continue
+            values = group.sort_values("image")["value"].to_numpy(dtype=np.float64)
+            interval = bootstrap_statistic(values[:, None], _nan_mean, n_resamples=n_resamples,
+                                           seed=seed)
+            per_seed = [interval.value] + [
+                _nan_mean(t[pair].loc[(t[pair]["method"] == method)
+                                      & (t[pair]["metric"] == metric), ["value"]].to_numpy())
+                for t in seed_tables.values() if pair in t]
+            widened = widen_by_seeds(interval, per_seed)
+            image_half = ((interval.high - interval.low) / 2 if interval.low is not None
+                          else float("nan"))
+            margin = widened.get("seed_margin", float("nan"))
+            rows.append({"pair": pair, "method": method, "metric": metric,
+                         "mean": interval.value, "image_low": interval.low,
+                         "image_high": interval.high, "n_images": interval.n,
+                         "seeds": len(per_seed),
+                         "seed_means": " ".join(f"{v:.4f}" for v in per_seed),
+                         "seed_sd": widened.get("seed_sd", float("nan")),
+                         "image_half_width": image_half, "seed_margin": margin,
+                         "larger": ("" if math.isnan(margin) else
+                                    "seeds" if margin > image_half else "images"),
+                         "low": widened["low"], "high": widened["high"]})
+    return pd.DataFrame(rows)
+
+
+def _nan_mean(rows: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(rows[:, 0]))
 
 
 def toy_claims(edge_study: pd.DataFrame, locality: pd.DataFrame, linear: pd.DataFrame,
@@ -362,9 +543,13 @@ def run(ctx) -> None:
     file; and the option study's verdicts (on the primary ImageNet model)."""
     run_models = ctx.settings("sanity_checks.imagenet.run_models")
     claims = per_model_claims({model: imagenet_claims(ctx, model) for model in run_models})
-    pairs = {path.stem: pair_summary(read_table(path))
-             for path in sorted(ctx.input("data_randomization").glob("*.csv"))}
-    claims.update(data_randomization_claims(pairs))
+    pairs, retrained = data_randomization_tables(ctx.input("data_randomization"),
+                                                 ctx.input("training_seeds"))
+    bootstrap, seed = ctx.settings("sanity_checks.claims.bootstrap"), ctx.settings("seed")
+    claims.update(data_randomization_claims(pairs, retrained,
+                                            n_resamples=bootstrap.n_resamples, seed=seed))
+    write_table(seed_spread_table(pairs, retrained, n_resamples=bootstrap.n_resamples,
+                                  seed=seed), ctx.output("seed_spread"))
     toys = ctx.input("toys")
     claims.update(toy_claims(read_table(toys / "edge_study.csv"),
                              read_table(toys / "locality.csv"),

@@ -158,6 +158,11 @@ FIGURES = (
     Figure("table_option_study", option_study.draw_table, ("verdicts",)),
     Figure("beyond_repaired_mprt_rankings", repaired_mprt.draw_rankings, REPAIRED_MPRT),
     Figure("beyond_repaired_mprt_table", repaired_mprt.draw_table, REPAIRED_MPRT),
+    Figure("table_border_diagnostic", data_randomization.draw_border_table,
+           tuple(f"data_randomization/{setup}.csv" for setup in model_randomization.MNIST_TITLES),
+           ("C13", "C13F")),
+    Figure("table_seed_spread", data_randomization.draw_seed_spread, ("seed_spread",),
+           ("C11", "C12", "C13", "C13F")),
 )
 
 

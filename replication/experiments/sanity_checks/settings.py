@@ -152,6 +152,14 @@ class DataRandomization(Settings):
 
 
 @settings
+class TrainingSeeds(Settings):
+    """The data-randomization pairs retrained with further training seeds (issue 14 §4)."""
+
+    seeds: PositiveInt                       # training seeds in all: `seed`, `seed` + 1, …
+    archs: tuple[Literal["cnn", "mlp"], ...]  # the architectures whose pairs are retrained
+
+
+@settings
 class Calibration(PerModelSettings):
     """App. B's null calibration on each ImageNet model: the first ``images`` curve images."""
 
@@ -276,6 +284,7 @@ class SanityChecks(Settings):
     imagenet: ImageNetExperiment
     mnist: MnistExperiment
     data_randomization: DataRandomization
+    training_seeds: TrainingSeeds
     calibration: Calibration
     bn_study: BnStudy
     toys: Toys
@@ -296,4 +305,4 @@ __all__ = ["BnStudy", "Bootstrap", "Calibration", "ClaimsSettings",
            "DataRandomization", "EfficientMprt", "ImageNetExperiment",
            "ImageNetIndependent", "Independent", "MnistExperiment", "RepairedImageNet",
            "RepairedMnist", "RepairedMprt", "SanityChecks", "SimilarityByMaps",
-           "SimilaritySettings", "SmoothMprt", "Toys", "check_methods"]
+           "SimilaritySettings", "SmoothMprt", "Toys", "TrainingSeeds", "check_methods"]
