@@ -3,15 +3,18 @@
 For each model (EfficientNet-Lite0 on a batch of 16 sample images; the MNIST CNN on 16 test
 digits) this measures, in one run on one machine:
 
-- the model's forward+backward time per image (gradient w.r.t. the input) and forward time;
+- the model's forward+backward time per image (gradient w.r.t. the input), forward time, and
+  the time of its head alone (the layers after the CAM layer, ``ModelCard.head``);
 - for every method: seconds per map (median of repeats after a warm-up), its floor =
-  passes × those times (``Attribution.passes()``: what the method cannot avoid), the ratio to
-  the floor, and the same computation in Captum, pytorch-grad-cam, TorchCAM or Zennit where one
-  exists, timed alike (ratio ours / peer).
+  passes × those times (``Attribution.passes()``: what the method cannot avoid; Ablation-CAM's
+  per-channel passes run the head only), the ratio to the floor, and its peer from the table
+  ``replication.peers`` (Captum, pytorch-grad-cam, TorchCAM or Zennit), timed alike
+  (ratio ours / peer; pytorch-grad-cam's raw maps, before its min-max scaling and resizing).
 
-Sample counts are reduced (8 samples or steps) so a run takes minutes; ratios do not depend on
-them. Score-CAM and Ablation-CAM run one forward per channel of the target layer (1280 on Lite0),
-so they use 2 images. ParchGrad's timing uses synthetic channel statistics of the right shapes.
+Sample counts are the table's cheap ones (8 samples or steps) so a run takes minutes; ratios do
+not depend on them. Score-CAM runs one full forward per channel of the target layer (1280 on
+Lite0), so it and Ablation-CAM use 2 images. ParchGrad's timing uses synthetic channel
+statistics of the right shapes.
 
     python benchmarks/attribution.py                 # writes benchmarks/results/attribution.json
     python benchmarks/attribution.py --update-readme # and the table in README.md
@@ -39,14 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from replication.attribution import (ChannelStatistics, LayerStatistics,  # noqa: E402
                                      create_method)
+from replication.peers import CHEAP_PARAMS, cheap_params, peer  # noqa: E402
 from replication.models import ModelCard, create_model  # noqa: E402
 
-SETTINGS = {
-    "smoothgrad": {"n_samples": 8}, "smoothgrad_sq": {"n_samples": 8}, "vargrad": {"n_samples": 8},
-    "ig_smoothgrad": {"n_samples": 4, "steps": 4}, "integrated_gradients": {"steps": 8},
-    "integrated_gradcam": {"steps": 8}, "smooth_gradcam_pp": {"n_samples": 4},
-    "expected_gradcam": {"n_samples": 8}, "expected_gradcam_pp": {"n_samples": 8},
-}
 PERTURBATION_IMAGES = 2
 README_START, README_END = "<!-- benchmark:attribution:start -->", "<!-- benchmark:attribution:end -->"
 
@@ -62,9 +60,11 @@ def timed(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def pass_times(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
-               repeats: int) -> tuple[float, float]:
-    """Per-image seconds of one forward+backward (to the input) and of one forward."""
+def pass_times(card: ModelCard, images: torch.Tensor, targets: torch.Tensor,
+               repeats: int) -> tuple[float, float, float]:
+    """Per-image seconds of one forward+backward (to the input), of one forward, and of the
+    head alone on the CAM layer's output."""
+    model = card.model
 
     def forward_backward():
         x = images.detach().requires_grad_(True)
@@ -74,8 +74,19 @@ def pass_times(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tens
         with torch.no_grad():
             model(images)
 
+    store = {}
+    handle = card.module(card.cam_layer).register_forward_hook(
+        lambda m, i, o: store.update(output=o.detach()))
+    forward()
+    handle.remove()
+
+    def head():
+        with torch.no_grad():
+            card.head(model, store["output"])
+
     n = len(images)
-    return timed(forward_backward, repeats) / n, timed(forward, repeats) / n
+    head_time = timed(head, repeats) / n if card.head is not None else float("nan")
+    return timed(forward_backward, repeats) / n, timed(forward, repeats) / n, head_time
 
 
 def synthetic_statistics(card: ModelCard) -> ChannelStatistics:
@@ -90,7 +101,7 @@ def synthetic_statistics(card: ModelCard) -> ChannelStatistics:
 
 
 def method_params(name: str, card: ModelCard, references: torch.Tensor) -> dict:
-    params = dict(SETTINGS.get(name, {}))
+    params = cheap_params(name)
     if name in ("expected_gradcam", "expected_gradcam_pp"):
         params["references"] = references
     if name == "parchgrad":
@@ -98,95 +109,12 @@ def method_params(name: str, card: ModelCard, references: torch.Tensor) -> dict:
     return params
 
 
-def peer(name: str, card: ModelCard, params: dict) -> tuple[Callable | None, str]:
-    """A library computing the same (or, as noted, the nearest) thing, as f(images, targets)."""
-    model, layer = card.model, card.module(card.cam_layer)
-    if name in ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients",
-                "smoothgrad", "smoothgrad_sq", "vargrad", "ig_smoothgrad", "guided_gradcam"):
-        from captum import attr
-
-        note = "Captum"
-        if name == "gradient":
-            return lambda x, t: attr.Saliency(model).attribute(x, target=t, abs=False), note
-        if name == "input_x_gradient":
-            return lambda x, t: attr.InputXGradient(model).attribute(x, target=t), note
-        if name == "guided_backprop":
-            relu6 = any(isinstance(m, torch.nn.ReLU6) for m in model.modules())
-            return (lambda x, t: attr.GuidedBackprop(model).attribute(x, target=t),
-                    note + (" (computes the plain gradient through ReLU6)" if relu6 else ""))
-        if name == "guided_gradcam":
-            return (lambda x, t: attr.GuidedGradCam(model, layer).attribute(
-                x, target=t, interpolate_mode="bilinear"), note + " GuidedGradCam")
-        if name == "integrated_gradients":
-            return (lambda x, t: attr.IntegratedGradients(model).attribute(
-                x, target=t, n_steps=params["steps"], method="riemann_trapezoid",
-                internal_batch_size=32), note + " (riemann_trapezoid)")
-        nt_type = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq",
-                   "vargrad": "vargrad", "ig_smoothgrad": "smoothgrad"}[name]
-        if name == "ig_smoothgrad":
-            base = attr.IntegratedGradients(model)
-            extra = {"n_steps": params["steps"], "method": "riemann_trapezoid"}
-        else:
-            base, extra = attr.Saliency(model), {"abs": False}
-        samples = params["n_samples"]
-        return (lambda x, t: attr.NoiseTunnel(base).attribute(
-            x, nt_type=nt_type, nt_samples=samples, nt_samples_batch_size=max(1, 32 // len(x)),
-            stdevs=0.15, target=t, **extra), note + " NoiseTunnel")
-    if name in ("gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam", "scorecam",
-                "ablationcam"):
-        import pytorch_grad_cam
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        cls = {"gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
-               "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",
-               "ablationcam": "AblationCAM"}[name]
-
-        def run(x, t):
-            cam = getattr(pytorch_grad_cam, cls)(model=model, target_layers=[layer])
-            cam.batch_size = 32
-            with cam:
-                return cam(x, targets=[ClassifierOutputTarget(int(c)) for c in t])
-
-        return run, "pytorch-grad-cam"
-    if name == "smooth_gradcam_pp":
-        from torchcam.methods import SmoothGradCAMpp
-
-        def run(x, t):
-            with SmoothGradCAMpp(model, target_layer=card.cam_layer,
-                                 num_samples=params["n_samples"],
-                                 input_shape=tuple(x.shape[1:])) as extractor:
-                scores = model(x)
-                return extractor(t.tolist(), scores, normalized=False)
-
-        return run, "TorchCAM"
-    if name == "lrp":
-        from zennit.attribution import Gradient
-        from zennit.composites import EpsilonPlus
-
-        method = create_method("lrp", card)
-
-        def run(x, t):
-            onehot = torch.nn.functional.one_hot(t, card.num_classes).float()
-            with Gradient(model, EpsilonPlus(canonizers=method._canonizers())) as attributor:
-                return attributor(x.requires_grad_(True), lambda out: out * onehot)
-
-        return run, "Zennit"
-    if name == "expected_gradcam":
-        from captum.attr import LayerGradientShap
-
-        references = params["references"]
-        return (lambda x, t: LayerGradientShap(model, layer).attribute(
-            x, baselines=references, n_samples=params["n_samples"], stdevs=0.0, target=t),
-            "Captum LayerGradientShap (the layer_eg variant's primitive)")
-    return None, ""
-
-
 def benchmark_model(card: ModelCard, images: torch.Tensor, targets: torch.Tensor,
                     references: torch.Tensor, methods: list[str], repeats: int) -> dict:
     card.model.eval()
-    t_fb, t_f = pass_times(card.model, images, targets, repeats)
+    t_fb, t_f, t_head = pass_times(card, images, targets, repeats)
     print(f"{card.name}: forward+backward {t_fb * 1e3:.2f} ms/image, forward {t_f * 1e3:.2f} "
-          f"ms/image (batch {len(images)})", flush=True)
+          f"ms/image, head {t_head * 1e3:.3f} ms/image (batch {len(images)})", flush=True)
     rows = {}
     for name in methods:
         params = method_params(name, card, references)
@@ -196,14 +124,18 @@ def benchmark_model(card: ModelCard, images: torch.Tensor, targets: torch.Tensor
         reps = 1 if name in ("scorecam", "ablationcam") else repeats
         ours = timed(lambda: method.attribute(x, t), reps) / n
         passes = method.passes()
-        floor = passes.forward_backward * t_fb + passes.forward * t_f
+        floor = (passes.forward_backward * t_fb + passes.forward * t_f
+                 + (passes.head * t_head if passes.head else 0.0))
         row = {"params": {k: v for k, v in params.items() if not isinstance(
                    v, (torch.Tensor, ChannelStatistics))},
                "images": n, "seconds_per_map": ours,
-               "passes": {"forward_backward": passes.forward_backward, "forward": passes.forward},
+               "passes": {"forward_backward": passes.forward_backward, "forward": passes.forward,
+                          "head": passes.head},
                "floor_seconds": floor, "ratio_to_floor": ours / floor if floor else None,
                "peer": None, "peer_seconds_per_map": None, "ratio_to_peer": None}
-        run, note = peer(name, card, params)
+        entry = peer(name)
+        run = entry.build(card, params, None) if entry is not None else None
+        note = f"{entry.library} {entry.note}" if entry is not None else ""
         if run is not None:
             peer_seconds = timed(lambda: run(x, t), reps) / n
             row.update(peer=note, peer_seconds_per_map=peer_seconds, ratio_to_peer=ours / peer_seconds)
@@ -212,7 +144,7 @@ def benchmark_model(card: ModelCard, images: torch.Tensor, targets: torch.Tensor
         print(f"  {name:20s} {ours * 1e3:9.2f} ms/map  floor {floor * 1e3:9.2f}  "
               f"×floor {row['ratio_to_floor']:.2f}  ×peer {peer_text}", flush=True)
     return {"batch": len(images), "forward_backward_seconds": t_fb, "forward_seconds": t_f,
-            "methods": rows}
+            "head_seconds": t_head, "methods": rows}
 
 
 def lite0_inputs(card: ModelCard, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -284,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                            "threads": torch.get_num_threads(), "torch": torch.__version__,
                            "cuda": torch.cuda.is_available(),
                            "date": time.strftime("%Y-%m-%d")},
-               "settings": SETTINGS, "models": {}}
+               "settings": CHEAP_PARAMS, "models": {}}
     for name in args.models:
         card = create_model(name)
         inputs = lite0_inputs if name != "mnist_cnn" else mnist_inputs

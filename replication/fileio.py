@@ -214,6 +214,14 @@ def read_arrays(path: str | os.PathLike, missing: str = "error") -> dict[str, np
         return {key: data[key] for key in data.files}
 
 
+def read_json(path: str | os.PathLike, missing: str = "error") -> Any:
+    """A file written by ``write_json``; ``missing="empty"`` gives {}."""
+    path = Path(path)
+    if not path.is_file():
+        return _missing(path, missing, {})
+    return json.loads(path.read_text())
+
+
 def concat_tables(frames: list[Any]) -> Any:
     """The non-empty frames stacked (an empty frame when there are none)."""
     import pandas as pd

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from replication.attribution import (ChannelStatistics, LayerStatistics, attribute,
-                                     available_methods, create_method, partition_gradient,
-                                     postprocess)
-from replication.attribution._base import image_generators
+                                     available_methods, create_method, method_class,
+                                     partition_gradient, postprocess)
+from replication.peers import GRAD_CAM_CLASSES, PEERS, cheap_params
+from replication.attribution._base import Passes, image_generators
 from replication.errors import ConfigError
 from replication.models import create_model
 from tolerance import assert_close, assert_differs, atol, network_ops
@@ -79,69 +80,113 @@ def _cam_ops(card, maps: torch.Tensor, layer: str | None = None) -> int:
     return 3 * maps.shape[-2] * maps.shape[-1] + store["channels"]
 
 
-# --- pytorch-grad-cam ---------------------------------------------------------------------------
+# --- peers: the table of replication.peers -------------------------------------------------------
 
-GRAD_CAM_LIBRARY = {
-    "gradcam": "GradCAM", "gradcam_pp": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM", "hirescam": "HiResCAM", "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-}
-
-
-def _library_cam(method: str, model: nn.Module, layer: nn.Module, inputs, targets) -> np.ndarray:
-    """pytorch-grad-cam's raw map (its ReLU'd ``get_cam_image``, before it min-max scales and
-    resizes), from activations and gradients its own hooks captured."""
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    cam = getattr(pytorch_grad_cam, GRAD_CAM_LIBRARY[method])(model=model, target_layers=[layer])
-    try:
-        outputs = cam.activations_and_grads(inputs)
-        chosen = [ClassifierOutputTarget(int(t)) for t in targets]
-        grads = None
-        if cam.uses_gradients:
-            model.zero_grad()
-            sum(c(o) for c, o in zip(chosen, outputs)).backward()
-            grads = cam.activations_and_grads.gradients[0].numpy()
-        activations = cam.activations_and_grads.activations[0].numpy()
-        raw = cam.get_cam_image(inputs, layer, chosen, activations, grads, eigen_smooth=False)
-    finally:
-        cam.activations_and_grads.release()
-    return np.maximum(raw, 0)
+EQUAL = sorted(m for m, p in PEERS.items() if p.agreement in ("equal", "equal_on_relu"))
+# Score- and Ablation-CAM at Lite0's CAM layer run 1,281 forwards per map: they are compared
+# at its stem below; the rest of the peers that compute our map are compared on it here.
+LITE0_EQUAL = sorted(m for m, p in PEERS.items() if p.agreement == "equal"
+                     and m not in ("scorecam", "ablationcam"))
 
 
-@pytest.mark.parametrize("method", sorted(GRAD_CAM_LIBRARY))
-def test_cams_equal_pytorch_grad_cam_on_the_mnist_cnn(cnn, digits, method):
-    images, labels = digits
-    ours = attribute(method, cnn, images, labels)
-    assert ours.shape == (4, 1, 14, 14)
-    # The same passes give both the same activations and gradients; Score- and Ablation-CAM
-    # also run their perturbed forwards in other batch shapes than the library.
-    ops = _cam_ops(cnn, ours)
-    if method in ("scorecam", "ablationcam"):
-        ops += network_ops(cnn.model, backward=False)
-    _close(ours, _library_cam(method, cnn.model, cnn.module(cnn.cam_layer), images, labels), ops=ops)
+def _peer_ops(card, method: str, ours: torch.Tensor, layer: str | None = None) -> int:
+    """The table's tolerance of ``method``'s peer as rounded operations (tests/tolerance.py)."""
+    tolerance = PEERS[method].tolerance
+    ops = tolerance.ops + (4 if tolerance.upsample else 0)
+    if tolerance.network != "none":
+        ops += network_ops(card.model, backward=tolerance.network == "backward")
+    if tolerance.cam:
+        ops += _cam_ops(card, ours, layer)
+    return max(ops, 1)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "xgradcam", "layercam", "hirescam"])
-def test_gradient_cams_equal_pytorch_grad_cam_on_lite0(lite0, photos, method):
-    images, labels = photos
-    ours = attribute(method, lite0, images, labels)
-    assert ours.shape == (2, 1, 7, 7)
-    _close(ours, _library_cam(method, lite0.model, lite0.module(lite0.cam_layer), images, labels),
-           ops=_cam_ops(lite0, ours))
+def _assert_equals_peer(method: str, card, images, labels, layer: str | None = None) -> None:
+    params = cheap_params(method)
+    extra = {"layer": layer} if layer else {}
+    ours = attribute(method, card, images, labels, **params, **extra)
+    theirs = PEERS[method].build(card, params, layer)(images, labels)
+    _close(ours, theirs, ops=_peer_ops(card, method, ours, layer))
+
+
+@pytest.mark.parametrize("method", EQUAL)
+def test_methods_equal_their_peer_on_the_mnist_cnn(cnn, digits, method):
+    _assert_equals_peer(method, cnn, *digits)
+
+
+@pytest.mark.parametrize("method", LITE0_EQUAL)
+def test_methods_equal_their_peer_on_lite0(lite0, photos, method):
+    _assert_equals_peer(method, lite0, *photos)
 
 
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
-def test_perturbation_cams_equal_pytorch_grad_cam_on_lite0(lite0, photos, method):
+def test_perturbation_cams_equal_their_peer_on_lite0(lite0, photos, method):
     # The 32-channel stem (ReLU6 output) at a reduced input size keeps the per-channel forwards
     # cheap. It is non-negative, where the library's Ablation-CAM zeroes channels as the paper
     # does (on layers with negative values it writes min − 1e7 instead; ours always zeroes).
     images = F.interpolate(photos[0][:1], size=128, mode="bilinear", align_corners=False)
-    labels = photos[1][:1]
-    ours = attribute(method, lite0, images, labels, layer="bn1")
-    reference = _library_cam(method, lite0.model, lite0.module("bn1"), images, labels)
-    _close(ours, reference, ops=_cam_ops(lite0, ours, "bn1") + network_ops(lite0.model, backward=False))
+    _assert_equals_peer(method, lite0, images, photos[1][:1], layer="bn1")
+
+
+def test_every_peer_of_the_table_is_checked_by_its_agreement():
+    """Each agreement has its check: ``equal`` ones above, ``equal_on_relu`` ones on the CNN
+    and through ReLU6 by the trap test, ``same_noise`` with the noise patched, ``expectation``
+    in the limit of many draws; ``nearest`` ones say how they differ."""
+    by_agreement = {}
+    for method, entry in PEERS.items():
+        method_class(method)  # a registered method
+        by_agreement.setdefault(entry.agreement, set()).add(method)
+        assert entry.library and entry.note
+        assert (entry.tolerance is not None) == (entry.agreement in ("equal", "equal_on_relu",
+                                                                     "same_noise"))
+    assert by_agreement["same_noise"] == set(NOISE_TUNNEL)
+    assert by_agreement["expectation"] == {"expected_gradcam"}
+    assert by_agreement["equal_on_relu"] == {"guided_backprop", "guided_gradcam"}
+    assert set(GRAD_CAM_CLASSES) <= by_agreement["equal"]
+
+
+def test_normalised_upsampled_gradcam_equals_the_librarys_output(lite0, photos):
+    """The library's full output is our raw map after the explicit post-processing steps."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    images, labels = photos
+    ours = postprocess.minmax(postprocess.upsample(attribute("gradcam", lite0, images, labels), 224))
+    with GradCAM(model=lite0.model, target_layers=[lite0.module(lite0.cam_layer)]) as cam:
+        library = cam(images, targets=[ClassifierOutputTarget(int(t)) for t in labels])
+    # The CAM's sums, then 4-tap bilinear upsampling (OpenCV's in the library) and min-max.
+    raw = attribute("gradcam", lite0, images, labels)
+    _close(ours, library, ops=_cam_ops(lite0, raw) + 4 + 2)
+
+
+def _full_forward_ablation(card):
+    """The same card without its declared head: Ablation-CAM falls back to full forwards."""
+    import dataclasses
+
+    return dataclasses.replace(card, head=None)
+
+
+@pytest.mark.parametrize("model", ["cnn", "lite0"])
+def test_ablation_cam_runs_only_the_head_and_equals_full_forwards(request, model, digits, photos):
+    card = request.getfixturevalue(model)
+    images, labels = digits
+    if model == "lite0":  # at 64 px (bn2: 2×2) its 1,280 full forwards take seconds
+        images = F.interpolate(photos[0][:1], size=64, mode="bilinear", align_corners=False)
+        labels = photos[1][:1]
+    method = create_method("ablationcam", card)
+    channels = method._channels()
+    assert method.passes() == Passes(0, 1, head=1 + channels)
+    full = create_method("ablationcam", _full_forward_ablation(card))
+    assert full.passes() == Passes(0, 2 + channels)
+    ours, reference = method.attribute(images, labels), full.attribute(images, labels)
+    # The same head layers on the same ablated activations; only the batch layout and the
+    # clean logits' path (head of the captured layer vs a full forward) may round apart: the
+    # network's forward fan-ins, then the weights' ratio and the map's sum over channels.
+    _close(ours, reference, ops=network_ops(card.model, backward=False) + _cam_ops(card, ours))
+
+
+def test_ablation_cam_on_another_layer_runs_full_forwards(cnn, digits):
+    method = create_method("ablationcam", cnn, layer="relu1")
+    assert method.head() is None and method.passes().head == 0
 
 
 def test_normalised_upsampled_gradcam_equals_the_librarys_output(lite0, photos):
@@ -159,17 +204,6 @@ def test_normalised_upsampled_gradcam_equals_the_librarys_output(lite0, photos):
 
 
 # --- Captum -------------------------------------------------------------------------------------
-
-
-def test_gradient_and_input_x_gradient_equal_captum(lite0, photos):
-    from captum.attr import InputXGradient, Saliency
-
-    images, labels = photos
-    # The same forward and backward on the same batch: at most the last products round apart.
-    _close(attribute("gradient", lite0, images, labels),
-           Saliency(lite0.model).attribute(images, target=labels, abs=False).detach(), ops=2)
-    _close(attribute("input_x_gradient", lite0, images, labels),
-           InputXGradient(lite0.model).attribute(images, target=labels).detach(), ops=2)
 
 
 def test_integrated_gradients_authors_rule_and_captums(cnn, digits):
@@ -224,15 +258,6 @@ def test_integrated_gradients_completeness(cnn, digits):
         baseline = cnn.model(torch.zeros_like(images)).gather(1, labels[:, None])[:, 0]
     difference = logits - baseline
     assert torch.all((maps.sum((1, 2, 3)) - difference).abs() <= 0.01 * difference.abs())
-
-
-def test_guided_backprop_equals_captum_on_relu_models(cnn, digits):
-    from captum.attr import GuidedBackprop
-
-    images, labels = digits
-    # The same passes on the same batch; Captum masks the gradients by the same rule.
-    _close(attribute("guided_backprop", cnn, images, labels),
-           GuidedBackprop(cnn.model).attribute(images, target=labels).detach(), ops=2)
 
 
 class _GuidedReLU6(torch.autograd.Function):
@@ -294,9 +319,10 @@ def _our_noise(images: torch.Tensor, n: int, level: float, seed: int) -> torch.T
                       for i, g in enumerate(generators)])
 
 
-@pytest.mark.parametrize("ours, nt_type", [("smoothgrad", "smoothgrad"),
-                                           ("smoothgrad_sq", "smoothgrad_sq"),
-                                           ("vargrad", "vargrad")])
+NOISE_TUNNEL = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq", "vargrad": "vargrad"}
+
+
+@pytest.mark.parametrize("ours, nt_type", sorted(NOISE_TUNNEL.items()))
 def test_noise_wrappers_equal_captum_noise_tunnel_given_the_same_noise(monkeypatch, cnn, digits,
                                                                      ours, nt_type):
     from captum.attr import NoiseTunnel, Saliency
@@ -446,16 +472,15 @@ def test_expected_gradcam_converges_as_samples_grow(cnn, digits, references):
 
 
 def test_layer_eg_matches_captum_layer_gradient_shap_in_expectation(cnn, digits, references):
-    """Captum's LayerGradientShap samples the same quantity; with many samples both agree."""
-    from captum.attr import LayerGradientShap
-
+    """Captum's LayerGradientShap (the table's peer) samples the same quantity; with many
+    samples both agree."""
     images, labels = digits[0][:1], digits[1][:1]
     ours = attribute("expected_gradcam", cnn, images, labels, references=references,
                      n_samples=400, sigma=0.0, variant="layer_eg", relu=False)
     torch.manual_seed(0)
-    captum = LayerGradientShap(cnn.model, cnn.module(cnn.cam_layer)).attribute(
-        images, baselines=references, n_samples=400, stdevs=0.0, target=labels).sum(1, keepdim=True)
-    assert F.cosine_similarity(ours.flatten(), captum.detach().flatten(), dim=0) > 0.98
+    captum = PEERS["expected_gradcam"].build(cnn, {"references": references, "n_samples": 400},
+                                             None)(images, labels).sum(1, keepdim=True)
+    assert F.cosine_similarity(ours.flatten(), captum.flatten(), dim=0) > 0.98
 
 
 def test_expected_gradcam_pp_with_no_noise_at_alpha_one_is_gradcam_pp(cnn, digits, references):

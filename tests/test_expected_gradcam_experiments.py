@@ -24,8 +24,9 @@ from replication.config import load_params
 from replication.data.idx import encode_idx
 from replication.errors import ConfigError
 from replication.experiments.common import ImageSet, predicted_classes
-from replication.experiments.expected_gradcam import (baselines, claims, comparison, figures,
-                                                      saturation, smoothing, special_cases)
+from replication.experiments.expected_gradcam import (baselines, claims, comparison, costs,
+                                                      figures, localisation, saturation,
+                                                      smoothing, special_cases)
 from replication.experiments.expected_gradcam.drawing import View
 from replication.experiments.expected_gradcam.loading import Loaded
 from replication.experiments.expected_gradcam.methods import build_method
@@ -267,7 +268,7 @@ def test_baseline_sensitivity_compares_every_pair(loaded, methods, explainer):
 def test_special_cases_vanish_on_real_maps(loaded, methods):
     settings = settings_of("egc_special_cases", "special_cases",
                            special_cases={"steps": 3, "diagnose": ["expected_gradcam_layer"]})
-    table = special_cases.special_cases(loaded, settings, methods)
+    table = special_cases.special_cases(loaded, settings, methods, batch=2)
     exact = table[table.case.isin(special_cases.REDUCTION_CASES)]
     assert set(exact["case"]) == set(special_cases.REDUCTION_CASES) and len(exact) == 3 * 2
     # relative = max|a − b| / max|b|: other batch shapes, so float32 rounding of the passes.
@@ -336,31 +337,40 @@ def _tables(shift: float) -> dict:
             "sigma_sweep": sweep, "pairs": pairs, "special_cases": special}
 
 
-CLAIMS = Claims(models=("lite",), method="expected_gradcam", substitute_models=())
+CLAIMS = Claims(models=("lite",), architectures=("lite",), method="expected_gradcam",
+                substitute_models=())
 
 
 def test_claim_values_follow_the_tables_and_flip_with_the_direction():
-    good = claims.claim_values(_tables(+0.05), CLAIMS, PAIRING)
+    good = claims.claim_values(_tables(+0.05), CLAIMS, PAIRING, "no boxes in this run")
     bad = claims.claim_values(_tables(-0.05), CLAIMS, PAIRING)
     assert good["C1"]["value"] == pytest.approx(0.5)        # median α*
     assert good["C2"]["value"] == pytest.approx(0.05, abs=0.004)
     assert bad["C2"]["value"] == pytest.approx(-0.05, abs=0.004)
-    assert good["C2"]["n"] == 10 and good["C2"]["ci_low"] > 0 and good["C2"]["p_value"] < 0.01
+    interval = good["C2"]["value_ci"]
+    assert good["C2"]["n"] == interval["n"] == 10 and interval["method"] == "bootstrap"
+    assert interval["low"] > 0 and good["C2"]["p_value"] < 0.01
     assert good["C3"]["value"] == 1 and bad["C3"]["value"] == 4   # rank among 3 + EGC
     assert good["C4"]["value"] < 0 < bad["C4"]["value"]
     assert good["C5"]["value"] == pytest.approx(1.0) and good["C5"]["rho"] == pytest.approx(-1.0)
     assert bad["C5"]["rho"] == pytest.approx(1.0)
     assert good["C6"]["value"] > 0 > bad["C6"]["value"]
-    assert good["C7"]["value"] is None and "bounding boxes" in good["C7"]["reason"]
+    assert good["C7"]["value"] is None and good["C7"]["reason"] == "no boxes in this run"
     assert good["C8"]["value"] == pytest.approx(good["C2"]["value"])
     assert bad["C8"]["value"] == pytest.approx(bad["C2"]["value"])
     assert good["C9"]["value"] == 2e-7          # the largest reduction gap, as given (exact)
+    assert good["C9"]["value_ci"]["method"] == "exact"
+    for key in ("C1", "C2", "C3", "C4", "C5", "C6", "C8"):      # every sampled claim: an interval
+        interval = good[key]["value_ci"]
+        assert interval["method"] == "bootstrap" and interval["n"] == good[key]["n"] >= 3, key
+        assert interval["low"] <= good[key]["value"] <= interval["high"], key
     # The claims can stand on another configured variant: its σ sweep is flat here.
-    assert claims.c5_complexity(pd.DataFrame(), ["lite"], "expected_gradcam_layer")["value"] is None
+    assert claims.c5_complexity(pd.DataFrame(), CLAIMS, PAIRING,
+                                "expected_gradcam_layer")["value"] is None
     flat = pd.DataFrame([("lite", "expected_gradcam_layer", s, "i0", "complexity", 5.0)
                          for s in (0.0, 0.1, 0.2)],
                         columns=["model", "method", "sigma", "image", "metric", "value"])
-    assert claims.c5_complexity(flat, ["lite"], "expected_gradcam_layer")["value"] == 0.0
+    assert claims.c5_complexity(flat, CLAIMS, PAIRING, "expected_gradcam_layer")["value"] == 0.0
 
 
 def test_claims_are_void_when_the_claim_method_is_grad_cam():
@@ -454,8 +464,52 @@ def _fake_mnist(folder) -> None:
             encode_idx(rng.integers(0, 10, n, dtype=np.uint8)))
 
 
-def test_stages_write_every_output_from_params(tmp_path, loaded):
-    """Every stage, in pipeline order, on the MNIST CNN: the smoke profile shrunk."""
+class DevicePlacements:
+    """Records where a stage puts things: every ``nn.Module.to`` and the device setting the
+    stage resolves (to ``SENTINEL``, a CPU device of its own name, which ``.to`` calls must
+    receive), and every module that ran a forward."""
+
+    SENTINEL = torch.device("cpu", 0)
+
+    def __init__(self, monkeypatch):
+        import replication.experiments.common as common
+
+        self.settings, self.placed, self.called = [], [], {}
+        monkeypatch.setattr(common, "resolve_device",
+                            lambda setting: self.settings.append(setting) or self.SENTINEL)
+        to = torch.nn.Module.to
+
+        def recording_to(module, *args, **kwargs):
+            self.placed.append((module, torch._C._nn._parse_to(*args, **kwargs)[0]))
+            return to(module, *args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.Module, "to", recording_to)
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self._called)
+
+    def _called(self, module, inputs) -> None:  # a pre-hook returning a value replaces inputs
+        self.called.setdefault(id(module), module)
+
+    def unplaced(self) -> list[str]:
+        """Modules with parameters that ran a forward without being placed on the sentinel
+        (their own ``.to`` or a parent's)."""
+        placed = {id(m) for root, device in self.placed if device == self.SENTINEL
+                  for m in root.modules()}
+        return [type(m).__name__ for key, m in self.called.items()
+                if key not in placed and any(True for _ in m.parameters(recurse=False))]
+
+
+@pytest.fixture
+def devices(monkeypatch):
+    placements = DevicePlacements(monkeypatch)
+    yield placements
+    placements.handle.remove()
+
+
+def test_stages_write_every_output_from_params_on_the_configured_device(tmp_path, loaded,
+                                                                        devices):
+    """Every stage, in pipeline order, on the MNIST CNN: the smoke profile shrunk. Every model
+    that runs (maps, metric forwards, saturation paths, special cases) was placed on the
+    device the ``device`` setting names."""
     _fake_mnist(tmp_path / "mnist")
     checkpoint = tmp_path / "mnist-cnn-true.pt"
     save_checkpoint(checkpoint, loaded.card.model, {})
@@ -474,7 +528,7 @@ def test_stages_write_every_output_from_params(tmp_path, loaded):
         inputs = data if "mnist" in stage.deps else {name: tmp_path / path
                                                      for name, path in stage.deps.items()}
         ctx = stage_context(stage.name, inputs=inputs, outputs=outputs,
-                            expected_gradcam=shrunk)
+                            expected_gradcam=shrunk, device="cuda:7")
         stage.function()(ctx)
         for name, path in outputs.items():
             assert path.exists(), (stage.name, name)
@@ -485,3 +539,132 @@ def test_stages_write_every_output_from_params(tmp_path, loaded):
     scores = pd.read_csv(tmp_path / TABLES["scores"])
     assert set(scores["image"]) == {"test[0]", "test[1]", "test[2]"}
     assert (tmp_path / "figures/expected_gradcam/table07_special_cases.md").is_file()
+    assert set(devices.settings) == {"cuda:7"}     # each experiment resolved the setting …
+    experiments = [s for s in STAGES if s.name not in ("egc_claims", "egc_figures",
+                                                       "egc_localisation")]
+    assert len(devices.settings) == len(experiments)
+    assert len(devices.called) > 0
+    assert devices.unplaced() == []                 # … and ran every model there
+
+
+# ----------------------------------------------------------------------- localisation (C7)
+
+
+def test_energy_in_the_box_and_the_pointing_hit():
+    maps = torch.zeros(3, 4, 4)
+    maps[0, 0, 0], maps[0, 3, 3] = 3.0, 1.0       # ¾ of the energy in the box, the peak too
+    maps[1, 0, 0], maps[1, 3, 3] = -5.0, 2.0      # negative values are clipped: all outside
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[:, :2, :2] = True
+    energy, hits = localisation.energy_and_hits(maps, masks)
+    assert energy[0] == pytest.approx(0.75) and hits[0] == 1.0
+    assert energy[1] == 0.0 and hits[1] == 0.0
+    assert math.isnan(energy[2])                  # an all-zero map has no energy to place
+
+
+def test_box_masks_map_the_boxes_into_the_crop(tmp_path):
+    from replication.data.boxes import Box, BoxAnnotation, write_prepared_boxes
+    from replication.errors import DataError
+    from replication.models.base import Preprocessing
+
+    crop = Preprocessing(input_size=8, channels=3, mean=(0.0,) * 3, std=(1.0,) * 3, resize=8)
+    annotation = BoxAnnotation("ILSVRC2012_val_00000001", 16, 16,
+                               (Box("n0", 0, 0, 7.9, 7.9), Box("n0", 12, 12, 16, 16)))
+    write_prepared_boxes({annotation.stem: annotation}, tmp_path / "boxes.csv")
+    masks = localisation.box_masks(["ILSVRC2012_val_00000001.JPEG"], tmp_path, crop)
+    expected = torch.zeros(8, 8, dtype=torch.bool)
+    expected[:4, :4] = expected[6:, 6:] = True    # the union of both boxes, scaled by ½
+    assert masks.shape == (1, 8, 8) and torch.equal(masks[0], expected)
+    with pytest.raises(DataError, match="no box for ILSVRC2012_val_00000002"):
+        localisation.box_masks(["ILSVRC2012_val_00000002.JPEG"], tmp_path, crop)
+
+
+def test_localisation_scores_each_method_and_c7_pairs_them(loaded, methods, explainer):
+    settings = settings_of("egc_localisation", "localisation")
+    everywhere = torch.ones(len(loaded.images), 28, 28, dtype=torch.bool)
+    table = localisation.localisation(loaded, settings, methods, explainer, everywhere)
+    n = min(settings.images or len(loaded.images), len(loaded.images))
+    assert len(table) == len(settings.methods) * 2 * n
+    energy = table[table.metric == localisation.ENERGY]["value"].dropna()
+    assert len(energy) > 0 and np.allclose(energy, 1.0)   # the whole image is the box
+    assert set(table[table.metric == localisation.HIT]["value"]) <= {1.0}
+    # C7 from a table where Expected Grad-CAM puts more energy in the boxes than Grad-CAM.
+    rows = [("lite", m, f"i{i}", localisation.ENERGY, 0.4 + 0.01 * i + (0.1 if m != "gradcam"
+                                                                          else 0.0))
+            for i in range(8) for m in ("gradcam", "expected_gradcam")]
+    c7 = claims.c7_localisation(pd.DataFrame(rows, columns=localisation.COLUMNS), CLAIMS,
+                                PAIRING, "")
+    assert c7["value"] == pytest.approx(0.1)
+    assert c7["value_ci"]["method"] == "bootstrap" and c7["value_ci"]["n"] == 8
+    assert claims.c7_localisation(pd.DataFrame(columns=localisation.COLUMNS), CLAIMS, PAIRING,
+                                  "no boxes")["reason"] == "no boxes"
+
+
+def test_localisation_says_why_it_did_not_run_without_ilsvrc2012():
+    ctx = stage_context("egc_localisation", imagenet={"source": "sample"})
+    folder, reason = localisation.box_folder(ctx)
+    assert folder is None and "ilsvrc2012_val" in reason
+
+
+# -------------------------------------------------------------------------------------- cost
+
+
+def test_costs_count_the_passes_the_settings_imply():
+    from replication.cost import stage_costs
+    from replication.metrics.faithfulness import pixel_counts
+
+    params = load_params(ROOT / "params.yaml", profile="quick")
+    egc = [s for s in STAGES if s.name not in ("egc_claims", "egc_figures")]
+    assert all(s.cost for s in egc)
+    rows = stage_costs(params, egc)
+    by_stage = {name for name, _ in rows}
+    # every experiment but localisation (the quick profile has no boxes) costs something
+    assert by_stage == {s.name for s in egc} - {"egc_localisation"}
+    quick = params["expected_gradcam"]
+    lite0 = quick["comparison"]["images"]
+    gradcam = [c for name, c in rows if name == "egc_comparison"
+               and c.model == "efficientnet_lite0" and c.what == "comparison: gradcam maps"]
+    assert gradcam == [costs.Cost("efficientnet_lite0", "comparison: gradcam maps", lite0, 0)]
+    insertion = [c for name, c in rows if name == "egc_comparison" and c.model ==
+                 "efficientnet_lite0" and c.what == "comparison: gradcam insertion"]
+    steps = quick["comparison"]["metrics"]["insertion"]["n_steps"]
+    size = create_model("efficientnet_lite0", pretrained=False).preprocessing.input_size
+    assert insertion == [costs.Cost("efficientnet_lite0", "comparison: gradcam insertion", 0,
+                                    lite0 * len(pixel_counts(size * size, steps, None)))]
+
+
+def test_localisation_stage_scores_the_prepared_boxes_of_a_synthetic_ilsvrc2012(tmp_path):
+    """The stage on ILSVRC2012 validation images with their boxes (the synthetic archives of
+    the paper dry run) on EfficientNet-Lite0: a table per method, then C7 from it."""
+    from replication.data import imagenet
+
+    from synthetic_ilsvrc import write_archives
+
+    pins = write_archives(tmp_path / "data", per_class=1)
+    imagenet.prepare_ilsvrc2012_val(tmp_path / "data", tmp_path / "val", **pins)
+    outputs = {"localisation": tmp_path / "localisation.csv", "metrics": tmp_path / "loc.json"}
+    ctx = stage_context(
+        "egc_localisation", inputs={"imagenet_sample": tmp_path / "none",
+                                    "ilsvrc2012": tmp_path / "val"},
+        outputs=outputs, imagenet={"source": "ilsvrc2012_val"},
+        expected_gradcam={"run_models": ["efficientnet_lite0"],
+                          "data": {"imagenet": {"images": 2, "reference_images": 2}},
+                          "localisation": {"methods": ["gradcam", "expected_gradcam_layer"],
+                                           "images": 2}})
+    localisation.run(ctx)
+    table = pd.read_csv(outputs["localisation"])
+    assert len(table) == 2 * 2 * 2        # methods × metrics × images
+    assert set(table["method"]) == {"gradcam", "expected_gradcam_layer"}
+    energy = table[table.metric == localisation.ENERGY]["value"].dropna()  # NaN: an all-zero map
+    assert len(energy) >= 2 and ((energy >= 0) & (energy <= 1)).all()
+    assert "reason" not in json.loads(outputs["metrics"].read_text())
+    c7 = claims.c7_localisation(table, Claims(models=("efficientnet_lite0",),
+                                              architectures=("efficientnet_lite0",),
+                                              method="expected_gradcam_layer",
+                                              substitute_models=()), PAIRING, "",
+                                "expected_gradcam_layer")
+    wide = (table[table.metric == localisation.ENERGY]
+            .pivot(index="image", columns="method", values="value").dropna())
+    assert c7["n"] == len(wide) >= 1              # an all-zero map's image is left out of C7
+    difference = (wide["expected_gradcam_layer"] - wide["gradcam"]).mean()
+    assert_close(c7["value"], difference, ops=4)   # a mean of differences of 2 float64s

@@ -41,6 +41,25 @@ def test_output_shape_and_declared_modules(name):
     card.module(card.cam_layer)  # exists
 
 
+@pytest.mark.parametrize("name", ["mnist_cnn", "mnist_mlp", *IMAGENET_MODELS])
+def test_the_declared_head_continues_the_network_from_the_cam_layer(name):
+    """``head(model, A)`` of the CAM layer's output A is the model's logits (Ablation-CAM runs
+    only it), on random weights and a random batch."""
+    card = _card(name)
+    assert card.head is not None, "every model of the zoo declares its head"
+    model, x, store = card.model.eval(), _input(card), {}
+    handle = card.module(card.cam_layer).register_forward_hook(
+        lambda m, i, o: store.update(output=o.clone()))
+    with torch.no_grad():
+        logits = model(x)
+        handle.remove()
+        head = card.head(model, store["output"])
+    # The same layers on the same tensor: only the batch's memory layout may differ, so at most
+    # the head's own sums round apart (its fan-ins).
+    ops = sum(m.in_features for m in model.modules() if isinstance(m, nn.Linear))
+    torch.testing.assert_close(head, logits, rtol=0, atol=atol(logits, ops=ops))
+
+
 def test_registry_errors_name_the_valid_choices():
     with pytest.raises(ConfigError, match="unknown model 'alexnet'.*efficientnet_lite0.*vgg16"):
         create_model("alexnet")

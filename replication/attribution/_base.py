@@ -42,10 +42,12 @@ _CURRENT_TARGETS: ContextVar[Tensor | None] = ContextVar("current_targets", defa
 
 @dataclass(frozen=True)
 class Passes:
-    """Model passes one map needs: forward+backward and forward-only (the benchmark's floor)."""
+    """Model passes one map needs: forward+backward, forward-only, and forwards of the model's
+    head only (the layers after the CAM layer, ``ModelCard.head``): the benchmark's floor."""
 
     forward_backward: int
     forward: int = 0
+    head: int = 0
 
 
 class Attribution(ABC):
@@ -90,7 +92,8 @@ class Attribution(ABC):
 
     def samples_per_image(self) -> int:
         """Model inputs one explained image expands into (for a wrapper's memory budget)."""
-        return max(1, self.passes().forward_backward + self.passes().forward)
+        passes = self.passes()
+        return max(1, passes.forward_backward + passes.forward + passes.head)
 
     def __repr__(self) -> str:
         shown = {k: v for k, v in vars(self).items() if k not in ("card", "model")

@@ -12,6 +12,8 @@ Checked against pytorch-grad-cam in the tests (which min-max normalises and resi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -150,9 +152,6 @@ class _PerturbationCAM(CAM):
     def passes(self) -> Passes:
         return Passes(0, 1 + self._channels())
 
-    def samples_per_image(self) -> int:
-        return 1 + self._channels()
-
     def _channels(self) -> int:
         """Channels K of the target layer: one forward pass per channel."""
         if getattr(self, "_known_channels", None) is None:
@@ -168,7 +167,8 @@ class _PerturbationCAM(CAM):
 
     @torch.no_grad()
     def _channel_scores(self, inputs: Tensor, targets: Tensor, channels: int, forward) -> Tensor:
-        """Target logit of ``forward(image, channel)`` for every pair, (B, K)."""
+        """Target logit of ``forward(image, channel)`` for every pair, (B, K), the pairs run
+        ``internal_batch_size`` at a time (on a GPU, as many as memory allows)."""
 
         def scores(image: Tensor, channel: Tensor) -> Tensor:
             image, channel = image.to(inputs.device), channel.to(inputs.device)
@@ -186,7 +186,8 @@ class ScoreCAM(_PerturbationCAM):
 
     Each channel, bilinearly upsampled to the input (corners aligned, as torch's
     ``UpsamplingBilinear2d`` in pytorch-grad-cam) and min-max scaled, masks the input; the
-    channel's weight is the softmax over channels of the masked inputs' target logits.
+    channel's weight is the softmax over channels of the masked inputs' target logits. Every
+    masked input needs a full forward: ``internal_batch_size`` of them run together.
     """
 
     name = "scorecam"
@@ -208,18 +209,40 @@ class ScoreCAM(_PerturbationCAM):
 class AblationCAM(_PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): W_k = (y_c − y_c^(k)) / y_c, where y_c^(k) is the
     target logit with channel k of the target layer set to zero (the paper's ablation; for the
-    non-negative layers used here pytorch-grad-cam ablates the same way)."""
+    non-negative layers used here pytorch-grad-cam ablates the same way).
+
+    Only the layers after the target layer see the ablation: where the model card declares
+    that part (``ModelCard.head``, for its CAM layer), the ablated activations run through it
+    alone (for EfficientNet-Lite0: pooling and the classifier, instead of 1,280 full forwards);
+    otherwise each ablation is a full forward with the layer's output replaced.
+    """
 
     name = "ablationcam"
     label = "Ablation-CAM"
 
+    def head(self) -> Callable[[Tensor], Tensor] | None:
+        """The network after the target layer, when the card declares it for this layer."""
+        card = self.card
+        if card is None or card.head is None or self.layer is not card.module(card.cam_layer):
+            return None
+        return lambda activations: card.head(self.model, activations)
+
+    def passes(self) -> Passes:
+        if self.head() is None:  # the capture, the clean logits, one forward per channel
+            return Passes(0, 2 + self._channels())
+        return Passes(0, 1, head=1 + self._channels())
+
     def channel_weights(self, activations, gradients, inputs, targets):
+        head = self.head()
         with torch.no_grad():
-            original = target_logits(self.model(inputs), targets)[:, None]  # (B, 1)
+            clean = self.model(inputs) if head is None else head(activations)
+            original = target_logits(clean, targets)[:, None]  # (B, 1)
 
         def ablated(image: Tensor, channel: Tensor) -> Tensor:
             replacement = activations[image].clone()
             replacement[torch.arange(len(image), device=replacement.device), channel] = 0.0
+            if head is not None:
+                return head(replacement)
             handle = self.layer.register_forward_hook(lambda m, i, o: replacement)
             try:
                 return self.model(inputs[image])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ class ModelCard:
     layers' initial weights (the authors' randomization re-ran each variable's own initialiser).
     ``fixed_input_size``: the model takes only ``preprocessing.input_size`` square images (a
     flatten into a Linear layer); ImageNet models pool adaptively and take other sizes too.
+    ``head(model, activations) -> logits`` is the rest of the network after ``cam_layer`` (a
+    function of the model, so it follows the card's model through ``dataclasses.replace``):
+    methods that perturb the CAM layer's output (Ablation-CAM) run only it; ``None`` where it is
+    not declared, and they run full forwards.
     """
 
     name: str
@@ -79,6 +84,7 @@ class ModelCard:
     initializer: str
     notes: dict[str, str] = field(default_factory=dict)
     fixed_input_size: bool = False
+    head: Callable[[nn.Module, Tensor], Tensor] | None = None
 
     def module(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)

@@ -95,6 +95,38 @@ def _prepare(model: nn.Module) -> nn.Module:
     return make_hook_safe(model).to(memory_format=torch.channels_last)
 
 
+# The network after each card's CAM layer (``ModelCard.head``), as the models' own forwards
+# continue from it (torchvision's VGG, ResNet, Inception v3, EfficientNet; timm's forward_head).
+def vgg_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """VGG after ``features.29`` (the last ReLU): the last max-pool, pooling, classifier."""
+    return model.classifier(torch.flatten(model.avgpool(model.features[30:](activations)), 1))
+
+
+def vgg_bn_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """VGG-BN after ``features.42`` (the last ReLU): the last max-pool, pooling, classifier."""
+    return model.classifier(torch.flatten(model.avgpool(model.features[43:](activations)), 1))
+
+
+def resnet_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """ResNet after ``layer4``: pooling, fc."""
+    return model.fc(torch.flatten(model.avgpool(activations), 1))
+
+
+def inception_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """Inception v3 after ``Mixed_7c``: pooling, dropout (a no-op in evaluation mode), fc."""
+    return model.fc(torch.flatten(model.dropout(model.avgpool(activations)), 1))
+
+
+def efficientnet_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """torchvision's EfficientNet after ``features.8``: pooling, classifier."""
+    return model.classifier(torch.flatten(model.avgpool(activations), 1))
+
+
+def timm_head(model: nn.Module, activations: torch.Tensor) -> torch.Tensor:
+    """timm's EfficientNet-Lite after ``bn2``: its ``forward_head`` (pooling, classifier)."""
+    return model.forward_head(activations)
+
+
 def _conv_names(model: nn.Module, prefixes: tuple[str, ...], exclude: str = "downsample") -> list[str]:
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Conv2d) and n.startswith(prefixes) and exclude not in n]
@@ -108,7 +140,7 @@ def vgg16(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
     return ModelCard(
         name="vgg16", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="features.29", parchgrad_convs=convs[7:], num_classes=1000,
-        initializer="torchvision_vgg",
+        initializer="torchvision_vgg", head=vgg_head,
         notes={"cam_layer": "ReLU after the last conv (conv5_3)",
                "parchgrad_convs": "conv4_1…conv5_3, as the authors' default for VGG16-BN"},
     ).check()
@@ -123,7 +155,7 @@ def vgg16_bn(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
     return ModelCard(
         name="vgg16_bn", model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="features.42", parchgrad_convs=[f"features.{i}" for i in convs if i >= 22],
-        num_classes=1000, initializer="torchvision_vgg",
+        num_classes=1000, initializer="torchvision_vgg", head=vgg_bn_head,
         notes={"parchgrad_convs": "features[22:], the authors' default (conv4_1…conv5_3)"},
     ).check()
 
@@ -138,7 +170,7 @@ def _resnet(name: str, pretrained: bool, stand_in: bool) -> ModelCard:
     return ModelCard(
         name=name, model=model, preprocessing=TORCHVISION_224, randomization_blocks=blocks,
         cam_layer="layer4", parchgrad_convs=_conv_names(model, ("layer3", "layer4")),
-        num_classes=1000, initializer="torchvision_resnet",
+        num_classes=1000, initializer="torchvision_resnet", head=resnet_head,
         notes={"parchgrad_convs": "convs of layer3 and layer4 without downsample convs, the "
                                   "authors' default for ResNet-18"},
     ).check()
@@ -171,7 +203,7 @@ def inception_v3(pretrained: bool = True, stand_in: bool = False) -> ModelCard:
         name="inception_v3", model=model, preprocessing=INCEPTION_PREPROCESSING,
         randomization_blocks=[(label, [name]) for label, name in zip(labels, INCEPTION_BLOCKS)],
         cam_layer="Mixed_7c", parchgrad_convs=_conv_names(model, ("Mixed_7b", "Mixed_7c")),
-        num_classes=1000, initializer="tf_variance_scaling",
+        num_classes=1000, initializer="tf_variance_scaling", head=inception_head,
         notes={"blocks": "the paper's 17 phases, Logits (fc) down to Conv2d_1a_3x3",
                "classes": "1000 classes; the authors' TF-slim checkpoint had 1001 (background)",
                "initializer": "the TF-slim checkpoint's variance_scaling_initializer() (σ = "
@@ -190,7 +222,7 @@ def efficientnet_b0(pretrained: bool = True, stand_in: bool = False) -> ModelCar
         name="efficientnet_b0", model=model, preprocessing=preprocessing,
         randomization_blocks=blocks, cam_layer="features.8",
         parchgrad_convs=["features.6.0.block.1.0", "features.7.0.block.1.0", "features.8.0"],
-        num_classes=1000, initializer="torchvision_efficientnet",
+        num_classes=1000, initializer="torchvision_efficientnet", head=efficientnet_head,
         notes={"activations": "SiLU: Guided Backprop is defined for ReLU only",
                "parchgrad_convs": "the authors' default for EfficientNet-B0"},
     ).check()
@@ -255,7 +287,7 @@ def _efficientnet_lite(variant: int, pretrained: bool) -> ModelCard:
         preprocessing=lite_preprocessing(LITE_VARIANTS[variant][1]),
         randomization_blocks=blocks, cam_layer="bn2",
         parchgrad_convs=["blocks.5.0.conv_dw", "blocks.6.0.conv_dw", "conv_head"],
-        num_classes=1000, initializer="timm_efficientnet",
+        num_classes=1000, initializer="timm_efficientnet", head=timm_head,
         notes={"cam_layer": "bn2 = ReLU6(BN(conv_head)), the last conv stage before pooling",
                "activations": "ReLU6 modules (inside BatchNormAct2d): Guided Backprop must "
                               "treat them as ReLUs",

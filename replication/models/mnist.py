@@ -90,6 +90,16 @@ def initialise(model: nn.Module, scheme: str) -> nn.Module:
     return model
 
 
+def cnn_head(model: MnistCNN, activations: torch.Tensor) -> torch.Tensor:
+    """The CNN after its CAM layer (``relu2``): pool, flatten, fc1, ReLU, fc2."""
+    return model.fc2(model.relu3(model.fc1(model.pool2(activations).flatten(1))))
+
+
+def mlp_head(model: MnistMLP, activations: torch.Tensor) -> torch.Tensor:
+    """The MLP after its CAM layer (``relu3``): the logits layer."""
+    return model.fc4(activations)
+
+
 def mnist_cnn(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
     model = initialise(MnistCNN(num_classes), init)
     blocks = [(name, [name]) for name in ("fc2", "fc1", "conv2", "conv1")]
@@ -97,6 +107,7 @@ def mnist_cnn(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
         name="mnist_cnn", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu2", parchgrad_convs=["conv1", "conv2"],
         num_classes=num_classes, initializer=INITIALIZERS[init], fixed_input_size=True,
+        head=cnn_head,
         notes={"paper_names": "fc2=softmax_linear, fc1=fc1, conv2=hidden2, conv1=hidden1",
                "cam_layer": "ReLU(conv2) before pooling, 14×14×64, as the authors' code"},
     ).check()
@@ -109,6 +120,7 @@ def mnist_mlp(init: str = "authors_code", num_classes: int = 10) -> ModelCard:
         name="mnist_mlp", model=model, preprocessing=MNIST_PREPROCESSING,
         randomization_blocks=blocks, cam_layer="relu3", parchgrad_convs=[],
         num_classes=num_classes, initializer=INITIALIZERS[init], fixed_input_size=True,
+        head=mlp_head,
         notes={"paper_names": "fc4=logits, fc3=hidden3, fc2=hidden2, fc1=hidden1",
                "cam_layer": "an MLP has no conv layer: the papers show no Grad-CAM for it"},
     ).check()

@@ -28,7 +28,8 @@ from replication.experiments.expected_gradcam.drawing import (Table, View, colou
                                                               paired_table)
 from replication.experiments.expected_gradcam.loading import (Loaded, reference_draws,
                                                               run_models, seconds_since)
-from replication.experiments.expected_gradcam.methods import build_method, upsampled
+from replication.experiments.expected_gradcam.methods import (build_method, configured_methods,
+                                                              upsampled)
 from replication.experiments.expected_gradcam.settings import Baselines
 from replication.fileio import concat_tables, json_safe, write_json, write_table
 from replication.metrics.similarity import spearman_rows
@@ -98,6 +99,8 @@ def baseline_sensitivity(loaded: Loaded, settings: Baselines, methods: Mapping[s
     configured Expected Grad-CAM of ``settings.methods`` with each of ``settings.configs``."""
     card, references = loaded.card, loaded.references.images
     x, targets = loaded.first(settings.images)
+    if not len(x):  # a count of 0: not run on this model
+        return pd.DataFrame(columns=PAIR_COLUMNS)
     maps: dict[str, dict[str, np.ndarray]] = {"integrated_gradcam": {}}
     tensors = baseline_tensors(card, x, settings.integrated_gradcam.baselines, references,
                                seed=seed, blur_sigma=float(settings.blur_sigma))
@@ -142,7 +145,7 @@ def run(ctx) -> None:
         start = ctx.seconds
         table = baseline_sensitivity(
             loaded, ctx.settings("expected_gradcam.baselines", model=loaded.name),
-            ctx.settings("expected_gradcam.methods", model=loaded.name), explainer,
+            configured_methods(ctx, loaded.name), explainer,
             seed=ctx.settings("seed"))
         pairs.append(table)
         summary["models"][loaded.name] = {

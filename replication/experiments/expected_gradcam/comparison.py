@@ -28,6 +28,7 @@ from replication.experiments.expected_gradcam.drawing import (Table, View, colou
 from replication.experiments.expected_gradcam.loading import (Loaded, count, display_pixels,
                                                               run_models, seconds_since)
 from replication.experiments.expected_gradcam.methods import (REFERENCE_METHOD, build_method,
+                                                              configured_methods,
                                                               metric_rows, upsampled)
 from replication.experiments.expected_gradcam.settings import Bootstrap, Comparison, metric_specs
 from replication.fileio import concat_tables, json_safe, write_json, write_npz, write_table
@@ -139,7 +140,7 @@ def run(ctx) -> None:
         start = ctx.seconds
         settings = ctx.settings("expected_gradcam.comparison", model=loaded.name)
         result = compare_methods(loaded, settings,
-                                 ctx.settings("expected_gradcam.methods", model=loaded.name),
+                                 configured_methods(ctx, loaded.name),
                                  explainer, seed=seed, batch_size=batch)
         directions.update({spec.name: spec.metric.higher_is_better
                            for spec in metric_specs(settings.metrics, "comparison.metrics")})

@@ -20,7 +20,8 @@ from replication.experiments.expected_gradcam.methods import REFERENCE_METHOD
 from replication.experiments.expected_gradcam.settings import Bootstrap
 from replication.metrics import stats
 
-MODEL_LABELS = {"efficientnet_lite0": "EfficientNet-Lite0", "mnist_cnn": "MNIST CNN",
+MODEL_LABELS = {"efficientnet_lite0": "EfficientNet-Lite0", "efficientnet_lite1": "EfficientNet-Lite1",
+                "efficientnet_lite2": "EfficientNet-Lite2", "mnist_cnn": "MNIST CNN",
                 "vgg16": "VGG-16", "resnet50": "ResNet-50", "vgg16_bn": "VGG-16-BN",
                 "resnet18": "ResNet-18", "efficientnet_b0": "EfficientNet-B0",
                 "inception_v3": "Inception v3"}

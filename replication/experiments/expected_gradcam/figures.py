@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from replication import plotting
-from replication.experiments.expected_gradcam import (baselines, comparison, saturation,
-                                                      smoothing, special_cases)
+from replication.experiments.expected_gradcam import (baselines, comparison, localisation,
+                                                      saturation, smoothing, special_cases)
 from replication.experiments.expected_gradcam.claims import directions_of
 from replication.experiments.expected_gradcam.drawing import Table, View, panel_models, profile_note
 from replication.fileio import atomic_directory, read_arrays, read_table
@@ -67,6 +67,8 @@ FIGURES = [
            ("EGC-C8",)),
     Figure("table07_special_cases", special_cases.special_table, ("special_cases",),
            ("EGC-C9",)),
+    Figure("table08_localisation", localisation.localisation_table, ("localisation",),
+           ("EGC-C7",)),
 ]
 
 
@@ -109,5 +111,7 @@ def run(ctx) -> None:
     view = View(profile, ctx.settings("expected_gradcam.labels"),
                 ctx.settings("expected_gradcam.bootstrap"), ctx.settings("seed"),
                 directions_of(sources["summary"]), tables_note(sources["summary"], profile))
+    if ctx.settings("stand_in_weights"):
+        plotting.stamp_figures("stand-in weights: every number is meaningless")
     with atomic_directory(ctx.output("figures")) as folder:
         draw_figures(sources, view, folder)

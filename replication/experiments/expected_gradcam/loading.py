@@ -40,8 +40,11 @@ class Loaded:
 
     def first(self, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``n`` evaluated images (null: all) and the classes the model predicts for
-        them: what an experiment explains (image counts are prefixes, so results nest)."""
+        them: what an experiment explains (image counts are prefixes, so results nest). A count
+        of 0 gives none: the experiment skips the model."""
         x = self.images.images[:count(n, len(self.images))]
+        if not len(x):
+            return x, torch.zeros(0, dtype=torch.long)
         return x, predicted_classes(self.card.model, x)
 
 

@@ -22,6 +22,15 @@ GRADIENT_CAMS = ("gradcam", "gradcam_pp", "smooth_gradcam_pp", "integrated_gradc
 REFERENCE_METHOD = "gradcam"
 
 
+def configured_methods(ctx, model: str) -> dict[str, dict[str, Any]]:
+    """``expected_gradcam.methods`` for ``model``, each entry with the section's
+    ``internal_batch_size`` unless it sets its own (every configured method is a CAM, which
+    takes one): on a GPU, many model inputs per pass."""
+    batch = ctx.settings("expected_gradcam.internal_batch_size", model=model)
+    return {name: {"internal_batch_size": batch, **entry}
+            for name, entry in ctx.settings("expected_gradcam.methods", model=model).items()}
+
+
 def build_method(card: ModelCard | nn.Module, name: str, entry: Mapping[str, Any] | None,
                  references: Tensor | None) -> Attribution:
     """The configured method ``name`` (its entry of ``methods``, possibly changed by the

@@ -32,7 +32,7 @@ from replication.errors import ConfigError
 from replication.experiments.expected_gradcam.drawing import Table, View, colour, model_label
 from replication.experiments.expected_gradcam.loading import (Loaded, reference_draws, run_models,
                                                               seconds_since)
-from replication.experiments.expected_gradcam.methods import build_method
+from replication.experiments.expected_gradcam.methods import build_method, configured_methods
 from replication.experiments.expected_gradcam.settings import Saturation
 from replication.fileio import concat_tables, json_safe, write_json, write_table
 
@@ -92,6 +92,8 @@ def internal_saturation(loaded: Loaded, settings: Saturation, methods: Mapping[s
     layer = model.get_submodule(card.cam_layer)
     x, targets = loaded.first(settings.images)
     n = len(x)
+    if not n:
+        return SaturationTables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     alphas = torch.linspace(0.0, 1.0, settings.alphas, dtype=x.dtype)
     black = card.preprocessing.normalize(torch.zeros_like(x[:1]))[0]
     if "data" in settings.baselines and not len(references):
@@ -129,7 +131,10 @@ def internal_saturation(loaded: Loaded, settings: Saturation, methods: Mapping[s
 def topk_channels(loaded: Loaded, x: Tensor, targets: Tensor, settings: Saturation,
                   methods: Mapping[str, Any]) -> pd.DataFrame:
     """Target probability and logit keeping each fraction of the channels, ranked by each
-    method's channel weights (the engine's ``activations_and_weights``)."""
+    method's channel weights (the engine's ``activations_and_weights``); none without
+    fractions (the study is skipped)."""
+    if not settings.fractions:
+        return pd.DataFrame()
     card = loaded.card
     model = card.model.eval()
     layer = model.get_submodule(card.cam_layer)
@@ -184,16 +189,17 @@ def run(ctx) -> None:
         start = ctx.seconds
         result = internal_saturation(
             loaded, ctx.settings("expected_gradcam.saturation", model=loaded.name),
-            ctx.settings("expected_gradcam.methods", model=loaded.name), ctx.settings("seed"))
+            configured_methods(ctx, loaded.name), ctx.settings("seed"))
         curves.append(result.curves)
         stars.append(result.alpha_star)
         topk.append(result.topk)
-        black = result.alpha_star[result.alpha_star["baseline"] == "black"]["alpha_star"]
-        summary["models"][loaded.name] = {
-            **loaded.description, "seconds": seconds_since(ctx, start, "saturation", loaded),
-            "n_images": int(black.size), "median_alpha_star_black": float(black.median()),
-            "median_alpha_star_by_baseline": result.alpha_star.groupby("baseline")["alpha_star"]
-            .median().to_dict()}
+        entry = {**loaded.description, "seconds": seconds_since(ctx, start, "saturation", loaded)}
+        if len(result.alpha_star):
+            black = result.alpha_star[result.alpha_star["baseline"] == "black"]["alpha_star"]
+            entry.update(n_images=int(black.size), median_alpha_star_black=float(black.median()),
+                         median_alpha_star_by_baseline=result.alpha_star.groupby("baseline")
+                         ["alpha_star"].median().to_dict())
+        summary["models"][loaded.name] = entry
     write_table(concat_tables(curves), ctx.output("curves"))
     write_table(concat_tables(stars), ctx.output("alpha_star"))
     write_table(concat_tables(topk), ctx.output("topk"))

@@ -38,6 +38,7 @@ class Bootstrap(Settings):
 @settings
 class Claims(Settings):
     models: tuple[str, ...]             # a claim value is the least favourable over these models
+    architectures: tuple[str, ...]      # each also judged alone (the report's per-model columns)
     method: str                         # the configured method judged as "Expected Grad-CAM"
     substitute_models: tuple[str, ...]  # C8's models
 
@@ -128,12 +129,9 @@ class Saturation(Settings):
     baselines: tuple[Literal["black", "data"], ...]
     data_draws: PositiveInt      # images of D per image for the data baseline
     threshold: Annotated[float, Range(ge=-1, le=1)]  # α* = min{α : s(α) ≥ threshold}
-    fractions: tuple[Annotated[float, Range(gt=0, le=1)], ...]  # top-k channel fractions
+    fractions: tuple[Annotated[float, Range(gt=0, le=1)], ...]  # top-k channel fractions (none:
+                                 # no top-k study)
     batch_size: PositiveInt
-
-    def __post_init__(self) -> None:
-        if not self.fractions:
-            raise ValueError("fractions is empty: name at least one fraction in (0, 1]")
 
 
 @settings
@@ -155,6 +153,19 @@ class Smoothing(Settings):
         if len(self.seeds) != 2 or self.seeds[0] == self.seeds[1]:
             raise ValueError(f"smoothing.seeds must be two different seeds; got {list(self.seeds)}")
         metric_specs(self.metrics, "metrics")
+
+
+@settings
+class Localisation(Settings):
+    """Claim C7 (notes §4): the share of each map's energy inside the image's ILSVRC2012
+    validation boxes, for the ground-truth class (our choice of metric [I])."""
+
+    methods: tuple[str, ...]  # configured methods scored (C7 compares claims.method, Grad-CAM)
+    images: Count             # the first evaluated images (all have boxes when any has)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods is empty: name at least gradcam and the claim method")
 
 
 BaselineKind = Literal["zeros", "black", "white", "blur", "uniform_noise", "data"]
@@ -206,6 +217,7 @@ class ExpectedGradCAM(PerModelSettings):
     threads: Annotated[int | None, Range(ge=1)]  # torch threads (null: torch's default)
     batch_size: PositiveInt          # images per batch of the Explainer
     metric_batch_size: PositiveInt   # perturbed copies per forward in the metrics
+    internal_batch_size: PositiveInt  # model inputs per pass inside a method (its default)
     bootstrap: Bootstrap
     claims: Claims
     data: Data
@@ -216,6 +228,7 @@ class ExpectedGradCAM(PerModelSettings):
     smoothing: Smoothing
     baselines: Baselines
     special_cases: SpecialCases
+    localisation: Localisation
     models: dict[str, ExpectedGradCAM] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -233,6 +246,7 @@ class ExpectedGradCAM(PerModelSettings):
                  "baselines.methods": self.baselines.methods,
                  "saturation.method": (self.saturation.method,),
                  "special_cases.diagnose": self.special_cases.diagnose,
+                 "localisation.methods": self.localisation.methods,
                  "claims.method": (self.claims.method,),
                  "baselines (Integrated Grad-CAM's parameters)": ("integrated_gradcam",)}
         for where, names in named.items():
@@ -276,6 +290,6 @@ def check_method(name: str, entry: Mapping[str, Any] | None) -> None:
 
 
 __all__ = ["Baselines", "Bootstrap", "Claims", "Comparison", "Data", "ExpectedGradCAM",
-           "ImageNetData", "MetricSpec", "MnistData", "ReferenceChoice", "Saturation",
+           "ImageNetData", "Localisation", "MetricSpec", "MnistData", "ReferenceChoice", "Saturation",
            "Smoothing", "SpecialCases", "USES_REFERENCES", "check_method", "engine_name",
            "engine_parameters", "metric_spec", "metric_specs"]

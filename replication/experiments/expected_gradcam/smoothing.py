@@ -27,7 +27,8 @@ from replication.experiments.expected_gradcam.drawing import (EGC_COLOUR, Table,
                                                               model_label, overlay, short)
 from replication.experiments.expected_gradcam.loading import (Loaded, count, display_pixels,
                                                               run_models, seconds_since)
-from replication.experiments.expected_gradcam.methods import build_method, metric_rows, upsampled
+from replication.experiments.expected_gradcam.methods import (build_method, configured_methods,
+                                                              metric_rows, upsampled)
 from replication.experiments.expected_gradcam.settings import Smoothing, metric_specs
 from replication.fileio import concat_tables, json_safe, write_json, write_npz, write_table
 from replication.metrics.similarity import pearson_rows, spearman_rows
@@ -51,6 +52,10 @@ def smoothing(loaded: Loaded, settings: Smoothing, methods: Mapping[str, Any],
     its maps on the first ``images`` images at every σ (the first ``panel_images`` maps kept),
     and its seed-to-seed stability at every M of ``samples``."""
     x, targets = loaded.first(settings.images)
+    if not len(x):  # a count of 0: not run on this model
+        return SmoothingTables(pd.DataFrame(columns=SWEEP_COLUMNS),
+                               pd.DataFrame(columns=STABILITY_COLUMNS),
+                               np.zeros((0, 0, 0, 0, 0), np.float32), [], [])
     n_panel = count(settings.panel_images, len(x))
     sigmas = [float(s) for s in settings.sigmas]
     specs = metric_specs(settings.metrics, "smoothing.metrics")
@@ -77,6 +82,8 @@ def sample_stability(loaded: Loaded, settings: Smoothing, methods: Mapping[str, 
     """Per M and image: Pearson and Spearman of the maps from the two seeds."""
     x, targets = loaded.first(settings.stability_images)
     rows = []
+    if not len(x):
+        return pd.DataFrame(columns=STABILITY_COLUMNS)
     for m in settings.samples:
         maps = []
         for s in settings.seeds:
@@ -114,11 +121,12 @@ def run(ctx) -> None:
     for loaded in run_models(ctx):
         start = ctx.seconds
         result = smoothing(loaded, ctx.settings("expected_gradcam.smoothing", model=loaded.name),
-                           ctx.settings("expected_gradcam.methods", model=loaded.name),
+                           configured_methods(ctx, loaded.name),
                            explainer, seed=seed, batch_size=batch)
         sweeps.append(result.sigma)
         stability.append(result.stability)
-        panels.update(panel_arrays(loaded, result))
+        if result.methods and result.sigmas and result.sigma_maps.shape[2]:
+            panels.update(panel_arrays(loaded, result))
         summary["models"][loaded.name] = {
             **loaded.description, "seconds": seconds_since(ctx, start, "smoothing", loaded),
             "mean_by_sigma": {f"{e}/{m}/{s:g}": v for (e, m, s), v in

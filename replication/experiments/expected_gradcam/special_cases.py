@@ -34,7 +34,7 @@ from replication.attribution import Attribution, create_method
 from replication.experiments.expected_gradcam.drawing import Table, View
 from replication.experiments.expected_gradcam.loading import (Loaded, count, run_models,
                                                               seconds_since)
-from replication.experiments.expected_gradcam.methods import build_method
+from replication.experiments.expected_gradcam.methods import build_method, configured_methods
 from replication.experiments.expected_gradcam.settings import SpecialCases, engine_name
 from replication.fileio import concat_tables, json_safe, write_json, write_table
 
@@ -48,20 +48,21 @@ def logits_of(model: nn.Module, inputs: Tensor, batch_size: int = 64) -> Tensor:
                       for i in range(0, len(inputs), batch_size)])
 
 
-def method_pairs(loaded: Loaded, settings: SpecialCases,
-                 methods: Mapping[str, Any]) -> dict[str, tuple[Attribution, Attribution]]:
-    """Each case: (our method, the CAM it should reduce to)."""
+def method_pairs(loaded: Loaded, settings: SpecialCases, methods: Mapping[str, Any],
+                 batch: int) -> dict[str, tuple[Attribution, Attribution]]:
+    """Each case: (our method, the CAM it should reduce to); ``batch`` model inputs per pass."""
     card, references = loaded.card, loaded.references.images
-    reduce = {"sigma": 0.0, "alpha": 1.0, "n_samples": settings.n_samples}
+    reduce = {"sigma": 0.0, "alpha": 1.0, "n_samples": settings.n_samples,
+              "internal_batch_size": batch}
     pairs = {
         "gradcam": (build_method(card, "expected_gradcam", reduce, references),
                     create_method("gradcam", card)),
         "integrated_gradcam": (
             build_method(card, "expected_gradcam", {"references": "black", "sigma": 0.0,
-                                                    "alpha": "grid", "n_samples": settings.steps},
-                         references),
+                                                    "alpha": "grid", "n_samples": settings.steps,
+                                                    "internal_batch_size": batch}, references),
             create_method("integrated_gradcam", card, steps=settings.steps, baseline="black",
-                          form="path_weights")),
+                          form="path_weights", internal_batch_size=batch)),
         "gradcam_pp": (build_method(card, "expected_gradcam_pp", reduce, references),
                        create_method("gradcam_pp", card)),
     }
@@ -72,13 +73,16 @@ def method_pairs(loaded: Loaded, settings: SpecialCases,
     return pairs
 
 
-def special_cases(loaded: Loaded, settings: SpecialCases,
-                  methods: Mapping[str, Any]) -> pd.DataFrame:
-    """Every case of the module docstring on the first ``settings.images`` images."""
+def special_cases(loaded: Loaded, settings: SpecialCases, methods: Mapping[str, Any],
+                  batch: int) -> pd.DataFrame:
+    """Every case of the module docstring on the first ``settings.images`` images, ``batch``
+    model inputs per pass inside the methods."""
     card = loaded.card
     model = card.model.eval()
     x, targets = loaded.first(settings.images)
     rows = []
+    if not len(x):  # a count of 0: not run on this model
+        return pd.DataFrame(rows, columns=COLUMNS)
 
     def add(case: str, difference: Tensor, scale: Tensor) -> None:
         for i in range(len(x)):
@@ -86,13 +90,13 @@ def special_cases(loaded: Loaded, settings: SpecialCases,
             rows.append({"model": card.name, "case": case, "image": loaded.images.names[i],
                          "difference": d, "scale": s, "relative": d / max(s, 1e-12)})
 
-    for case, (ours, theirs) in method_pairs(loaded, settings, methods).items():
+    for case, (ours, theirs) in method_pairs(loaded, settings, methods, batch).items():
         a, b = ours.attribute(x, targets).double(), theirs.attribute(x, targets).double()
         add(case, (a - b).abs().flatten(1).amax(1), b.abs().flatten(1).amax(1))
     on_device = targets.to(x.device)
     y = logits_of(model, x).gather(1, on_device[:, None]).squeeze(1)
     layer_eg = {"variant": "layer_eg", "relu": False, "sigma": 0.0,
-                "n_samples": settings.completeness_samples}
+                "n_samples": settings.completeness_samples, "internal_batch_size": batch}
     black = build_method(card, "expected_gradcam",
                          {**layer_eg, "references": "black", "alpha": "grid"}, None)
     total = black.attribute(x, targets).double().flatten(1).sum(1)
@@ -115,7 +119,9 @@ def run(ctx) -> None:
         start = ctx.seconds
         table = special_cases(loaded,
                               ctx.settings("expected_gradcam.special_cases", model=loaded.name),
-                              ctx.settings("expected_gradcam.methods", model=loaded.name))
+                              configured_methods(ctx, loaded.name),
+                              ctx.settings("expected_gradcam.internal_batch_size",
+                                           model=loaded.name))
         tables.append(table)
         summary["models"][loaded.name] = {
             **loaded.description, "seconds": seconds_since(ctx, start, "special_cases", loaded),
