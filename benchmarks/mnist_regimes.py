@@ -74,7 +74,9 @@ REGIMES = [
     Regime("constant_1e-3_b50_noL2", constant(2500, 50, 1e-3), l2=0.0, snapshots=(1500,)),
     Regime("constant_1e-4_b50", constant(1722, 50, 1e-4), note="the authors' rate, 3% of their run"),
     Regime("constant_1e-3_b128", constant(1200, 128, 1e-3), snapshots=(400, 800)),
-    Regime("constant_2e-3_b100", constant(1000, 100, 2e-3), snapshots=(500,)),
+    Regime("constant_2e-3_b100", constant(2000, 100, 2e-3), snapshots=(500, 1000, 1500)),
+    Regime("constant_1e-3_b50_long", constant(5000, 50, 1e-3), snapshots=(3000, 3500, 4000, 4500),
+           note="constant_1e-3_b50 continued to equilibrium"),
 ]
 MEMORISE = [
     Regime("cnn_random_1e-3_b50_2000", constant(2400, 50, 1e-3, subset=2000), labels="random",

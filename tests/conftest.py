@@ -43,6 +43,17 @@ def mnist_folder(mirror, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def paper_images(mirror, tmp_path_factory) -> Path:
+    """The Sanity Checks paper's 200 ImageNet images and demo images (the `sanity_images` stage),
+    prepared from the mirror into a session folder."""
+    from replication.data import sanity_images
+
+    folder = tmp_path_factory.mktemp("data") / "sanity_checks_imagenet"
+    sanity_images.prepare(folder, mirror=mirror)
+    return folder
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every download fails as it would offline; returns the list of URLs that were tried."""

@@ -195,11 +195,8 @@ def test_the_mnist_stage_and_its_figures_on_the_smoke_settings(tmp_path, mnist_f
     assert [ax.get_title() for ax in figure.axes] == ["CNN – MNIST (2 images)"]
 
 
-def test_the_imagenet_images_are_a_seeded_choice_of_the_papers_200(mirror, tmp_path):
-    from replication.data import sanity_images
-
-    folder = tmp_path / "sanity_checks_imagenet"
-    sanity_images.prepare(folder, mirror=mirror)
+def test_the_imagenet_images_are_a_seeded_choice_of_the_papers_200(paper_images, tmp_path):
+    folder = paper_images
     card = create_model("efficientnet_lite1", pretrained=False)
     chosen = []
     for images_from in ("paper", "paper", "sample"):

@@ -443,15 +443,6 @@ def test_the_mnist_stages_and_their_figures_on_the_smoke_settings(tmp_path, mnis
                      "fig33_cnn-mnist_independent_diverging.png"]
 
 
-@pytest.fixture(scope="module")
-def paper_images(mirror, tmp_path_factory):
-    from replication.data import sanity_images
-
-    folder = tmp_path_factory.mktemp("data") / "sanity_checks_imagenet"
-    sanity_images.prepare(folder, mirror=mirror)
-    return folder
-
-
 def _imagenet_context(tmp_path, folder, model: str, mode: str, **imagenet):
     outputs = {"table": tmp_path / f"imagenet-{model}-{mode}.csv",
                "maps": tmp_path / f"imagenet-{model}-{mode}.npz",

@@ -30,21 +30,22 @@ def mnist_folder(tmp_path_factory, mirror) -> Path:
     return folder
 
 
-def _start(args: list[str], wait_for: str, timeout: float = 120.0) -> subprocess.Popen:
-    """Start ``python -m replication …`` and return once stderr shows ``wait_for``."""
+def _start(args: list[str], wait_for: str, timeout: float = 180.0) -> subprocess.Popen:
+    """Start ``python -m replication …`` and return once stderr shows ``wait_for`` (read in
+    chunks: a progress bar redraws its line with carriage returns, never a newline)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     process = subprocess.Popen([sys.executable, "-m", "replication", *args], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen, started = [], time.monotonic()
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen, started = b"", time.monotonic()
     while time.monotonic() - started < timeout:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        if not chunk and process.poll() is not None:
             break
-        seen.append(line)
-        if wait_for in line:
+        seen += chunk
+        if wait_for.encode() in seen:
             return process
     process.kill()
-    pytest.fail(f"the stage never reached {wait_for!r}:\n{''.join(seen)[-3000:]}")
+    pytest.fail(f"the stage never reached {wait_for!r}:\n{seen.decode()[-3000:]}")
 
 
 def _stop(process: subprocess.Popen, signum: int) -> tuple[int, float, str]:
@@ -53,6 +54,7 @@ def _stop(process: subprocess.Popen, signum: int) -> tuple[int, float, str]:
     process.send_signal(signum)
     try:
         _, err = process.communicate(timeout=60)
+        err = err.decode(errors="replace")
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail("the stage ignored the signal for 60 s")
@@ -73,4 +75,26 @@ def test_training_stops_on_a_signal_and_writes_nothing(signum, mnist_folder, tmp
     assert seconds < DEADLINE, f"took {seconds:.1f} s to stop"
     assert f"interrupted by {signal.Signals(signum).name}" in err
     assert not (out / "m.pt").exists() and not (out / "m.json").exists()
+    assert not out.exists() or leftovers(out) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_an_attribution_stage_stops_on_a_signal_and_writes_nothing(signum, paper_images, tmp_path):
+    """The engine's batch loop (the cascading randomization of EfficientNet-Lite0, minutes of
+    IG-SmoothGrad on the paper's images) stops too."""
+    settings = stage_settings("sanity_imagenet_randomization", "smoke", sanity_checks={
+        "imagenet": {"images": 40, "demos": [], "guided_backprop_examples": 0, "batch_size": 4,
+                     "methods": {"ig_smoothgrad": {"n_samples": 50, "steps": 50}}}})
+    (tmp_path / "stage.yaml").write_text(yaml.safe_dump(settings))
+    out = tmp_path / "out"
+    outputs = {"table": out / "t.csv", "maps": out / "m.npz", "metrics": out / "m.json"}
+    process = _start(["sanity_imagenet_randomization", "efficientnet_lite0", "cascading",
+                      "--settings", str(tmp_path / "stage.yaml"), "--images", str(paper_images),
+                      *(f"--{name}={path}" for name, path in outputs.items())],
+                     wait_for="efficientnet_lite0 cascading")
+    code, seconds, err = _stop(process, signum)
+    assert code == 128 + signum, err[-2000:]
+    assert seconds < DEADLINE, f"took {seconds:.1f} s to stop"
+    assert f"interrupted by {signal.Signals(signum).name}" in err
+    assert not any(path.exists() for path in outputs.values())
     assert not out.exists() or leftovers(out) == []

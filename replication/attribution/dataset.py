@@ -44,9 +44,9 @@ class Explainer:
     def _batches(self, total: int, description: str | None) -> Iterator[slice]:
         starts = range(0, total, self.batch_size)
         if description:
-            from tqdm.auto import tqdm
+            from replication.progress import progress
 
-            starts = tqdm(starts, desc=description, unit="batch", leave=False)
+            starts = progress(starts, description, unit="batch")
         for start in starts:
             yield slice(start, min(start + self.batch_size, total))
 

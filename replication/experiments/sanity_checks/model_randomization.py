@@ -31,6 +31,7 @@ from replication.fileio import write_json, write_npz, write_table
 from replication.metrics.similarity import compare
 from replication.models import ModelCard, create_model
 from replication.plotting import ABS_CMAP, DIVERGING_CMAP, HEAT_CMAP, curves, gallery
+from replication.progress import progress
 
 MODES = ("cascading", "independent")
 CONVENTION = "authors_code"  # the rows' convention name when one convention is compared
@@ -112,7 +113,9 @@ def run_randomization(card: ModelCard, images: ImageSet, methods: dict[str, dict
     stages = (cascading if mode == "cascading" else independent)(card, options)
     if mode == "independent":  # the original is the reference of every independent stage
         record(0, "Original", reference, original_targets)
-    for stage in stages:
+    # stages are yielded one at a time (cascading randomizes one model further), never listed
+    total = len(card.randomization_blocks) + (mode == "cascading")
+    for stage in progress(stages, f"{card.name} {mode}", total=total, unit="layer"):
         if stage.label == "Original":
             record(stage.index, stage.label, reference, original_targets)
             continue
