@@ -251,7 +251,7 @@ class StageContext:
         value: Any = self._settings
         path = parts
         if model is not None:
-            for depth in range(1, len(parts)):
+            for depth in range(1, len(parts) + 1):  # the section itself may hold `models`
                 node = _lookup(self._settings, parts[:depth])
                 models = node.get(MODELS) if isinstance(node, Mapping) else None
                 if isinstance(models, Mapping) and model in models:

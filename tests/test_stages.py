@@ -53,6 +53,18 @@ def test_every_stage_settings_build_under_every_profile_for_every_model(profile)
                 context.settings(key, model=model)
 
 
+def test_a_sections_own_models_entry_applies_to_that_model():
+    """`train.models.mnist_cnn` (a section's own per-model entry) is what the CNN trains with;
+    the MLP keeps the section's values."""
+    stage = stages()["train"]
+    settings = extract(load_params(ROOT / "params.yaml", "smoke"), stage.reads)
+    settings["train"]["models"] = {"mnist_cnn": {**settings["train"], "l2_penalty": 0.5}}
+    context = StageContext(stage, settings, {}, {})
+    assert context.settings("train", model="mnist_cnn").l2_penalty == 0.5
+    assert context.settings("train", model="mnist_mlp").l2_penalty == settings["train"]["l2_penalty"]
+    assert context.settings("train.l2_penalty", model="mnist_cnn") == 0.5
+
+
 def test_a_stage_cannot_read_a_key_it_did_not_declare():
     from replication.errors import ConfigError
 
