@@ -207,6 +207,10 @@ def metric_bars(summary: pd.DataFrame, metrics: list[str], view: View,
         for c, model in enumerate(models):
             ax = axes[r][c]
             sub = rows[(rows["model"] == model) & (rows["metric"] == metric)]
+            if sub.empty:  # a model the profile scores on fewer metrics (quick: Lite1, Lite2)
+                ax.set_axis_off()
+                ax.set_title(f"{model_label(model)}: {metric} not measured", fontsize=7)
+                continue
             y = np.arange(len(sub))
             low = (sub["mean"] - sub["ci_low"]).clip(lower=0).fillna(0)
             high = (sub["ci_high"] - sub["mean"]).clip(lower=0).fillna(0)
