@@ -72,6 +72,21 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if ".partial" in p.name)
 
 
+def copy_checkout(dest: Path) -> Path:
+    """A copy of this checkout as git would commit it (tracked and untracked-but-not-ignored files)
+    in ``dest``, for tests that run the pipeline on a copy."""
+    import shutil
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 def stage_settings(stage: str, profile: str = "smoke", **overrides) -> dict:
     """What ``stage`` reads under ``profile`` of the repository's params.yaml, with
     ``overrides`` (a nested mapping, e.g. ``sanity_checks={"mnist": {"images": 2}}``) merged

@@ -26,7 +26,7 @@ DEFAULT_WNIDS = ("n02672831", "n02787622", "n07248320", "n02950826", "n03297495"
                  "n03255030", "n03259280", "n02085936", "n10565667", "n01534433")
 
 
-def _tar(files: dict[str, bytes], mode: str) -> bytes:
+def tar_bytes(files: dict[str, bytes], mode: str) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode=mode) as archive:
         for name, data in files.items():
@@ -76,13 +76,13 @@ def write_archives(folder: Path, *, per_class: int = 4, wnids: Sequence[str] = D
     meta = io.BytesIO()
     scipy.io.savemat(meta, {"synsets": synsets})
     truth = "".join(f"{imagenet.class_index(w) + 1}\n" for w in labels).encode()
-    devkit = _tar({"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+    devkit = tar_bytes({"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
                    "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": truth},
                   "w:gz")
-    val = _tar(images, "w")
+    val = tar_bytes(images, "w")
     (folder / imagenet.ILSVRC2012_VAL.file).write_bytes(val)
     (folder / imagenet.ILSVRC2012_DEVKIT.file).write_bytes(devkit)
-    (folder / "ILSVRC2012_bbox_val_v3.tgz").write_bytes(_tar(boxes, "w:gz"))
+    (folder / "ILSVRC2012_bbox_val_v3.tgz").write_bytes(tar_bytes(boxes, "w:gz"))
     return {"val": imagenet.ArchivePin(imagenet.ILSVRC2012_VAL.file, "sha256",
                                        hashlib.sha256(val).hexdigest()),
             "devkit": imagenet.ArchivePin(imagenet.ILSVRC2012_DEVKIT.file, "sha256",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import tarfile
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from pathlib import Path
 import scipy.io
 
 from conftest import leftovers
+from synthetic_ilsvrc import tar_bytes
 from replication.data import imagenet
 from replication.data.tensors import ImageNetImages
 from replication.errors import ChecksumMismatch, DataError
@@ -76,16 +76,6 @@ def test_corrupted_sample_image_is_a_checksum_error(tmp_path, small_mirror):
 # --- ILSVRC2012 validation: synthetic archives with the real layout, pinned by test digests
 
 
-def _tar_bytes(files: dict[str, bytes], mode: str) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @pytest.fixture
 def archives(tmp_path):
     """Three validation images labelled goldfish, tench, toilet tissue by a devkit."""
@@ -95,11 +85,11 @@ def archives(tmp_path):
         dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
     meta = io.BytesIO()
     scipy.io.savemat(meta, {"synsets": synsets})
-    devkit = _tar_bytes({
+    devkit = tar_bytes({
         "ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
         "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt": b"3\n2\n1\n",
     }, "w:gz")
-    images = _tar_bytes({f"ILSVRC2012_val_{i:08d}.JPEG": f"jpeg {i}".encode()
+    images = tar_bytes({f"ILSVRC2012_val_{i:08d}.JPEG": f"jpeg {i}".encode()
                          for i in (1, 2, 3)}, "w")
     folder = tmp_path / "data"
     folder.mkdir()

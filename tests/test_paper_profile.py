@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, copy_checkout
 from replication.config import deep_merge
 
 BIN = Path(sys.executable).parent
@@ -34,12 +34,7 @@ def paper_dry_run_repo(folder: Path, mirror: Path, archives: bool) -> tuple[Path
     from synthetic_ilsvrc import write_archives
 
     repo = folder / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
+    copy_checkout(repo)
     for output in ("metrics", "reports", "results", "figures"):
         shutil.rmtree(repo / output, ignore_errors=True)
     params = yaml.safe_load((repo / "params.yaml").read_text())

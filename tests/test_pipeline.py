@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, copy_checkout
 
 # No float result of torch or numpy kernels is compared here: .ci/numeric-isa skips this file.
 pytestmark = pytest.mark.isa_independent
@@ -31,12 +31,7 @@ def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 def smoke_repo(tmp_path_factory, mirror) -> tuple[Path, dict]:
     """A copy of this checkout (what git would commit) switched to the smoke profile."""
     repo = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
+    copy_checkout(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["profile"] = "smoke"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
