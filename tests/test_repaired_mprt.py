@@ -16,7 +16,7 @@ import torch
 
 from conftest import stage_context, stage_settings
 from replication.attribution import Explainer
-from replication.data import imagenet
+from replication.data import imagenet, sanity_images
 from replication.errors import ConfigError, DataError
 from replication.experiments.common import mnist_set
 from replication.experiments.sanity_checks import repaired_mprt as rm
