@@ -32,6 +32,7 @@ from replication.experiments.common import mnist_set
 from replication.metrics import efficient_mprt as em
 from replication.metrics import smooth_mprt as sm
 from replication.metrics._mprt import randomization_card, randomized_stages
+from tolerance import assert_within
 from replication.models import create_model
 
 N_SAMPLES = 4       # Quantus's default is 50; 3 noisy copies + the clean image here
@@ -221,8 +222,15 @@ def test_smooth_mprt_is_deterministic_and_batching_free(uniform_cnn, digits):
     alone = sm.smooth_mprt(uniform_cnn, x[2:3], y[2:3], "gradient", **run)
     other = sm.smooth_mprt(uniform_cnn, x, y, "gradient", seed=1, **run)
     assert first.layers == ("fc2", "fc1", "conv2", "conv1")  # the card's blocks, output first
-    np.testing.assert_array_equal(first.similarity, again.similarity)
-    np.testing.assert_array_equal(first.similarity[2:3], alone.similarity)
+    repeat = sm.smooth_mprt(uniform_cnn, x, y, "gradient", batch_size=4, **run)
+    np.testing.assert_array_equal(first.similarity, repeat.similarity)  # same path, same inputs
+    # Another batch shape rounds the maps differently at the float32 level, which may swap the
+    # ranks of near-tied pixels: one swap moves a Spearman ρ over n pixels by at most 24/n², and
+    # up to 1% of the pixels may swap.
+    pixels = int(np.prod(x.shape[1:]))
+    bound = 0.01 * pixels * 24 / pixels ** 2
+    assert_within(first.similarity, again.similarity, bound, "batch 4 vs 1")
+    assert_within(first.similarity[2:3], alone.similarity, bound, "in a batch vs alone")
     assert not np.array_equal(first.similarity, other.similarity)
     np.testing.assert_array_equal(first.last, first.similarity[:, -1])
 
@@ -234,9 +242,17 @@ def test_efficient_mprt_is_deterministic_and_per_image(uniform_cnn, digits):
     alone = em.efficient_mprt(uniform_cnn, x[1:2], y[1:2], "gradient", randomization=options)
     again = em.efficient_mprt(uniform_cnn, x, y, "gradient", randomization=options)
     other = em.efficient_mprt(uniform_cnn, x, y, "gradient", randomization=RandomizationOptions())
-    np.testing.assert_array_equal(first.scores[1:2], alone.scores)
-    np.testing.assert_array_equal(first.scores, again.scores)
-    assert not np.array_equal(first.scores, other.scores)  # another seed, other weights
+    repeat = em.efficient_mprt(uniform_cnn, x, y, "gradient", randomization=options, batch_size=3)
+    np.testing.assert_array_equal(first.scores, repeat.scores)  # same path, same inputs
+    # Another batch shape rounds the maps at the float32 level, which may move a value across a
+    # histogram bin edge: one of N values moving to the next bin changes the entropy by at most
+    # 2·ln(N)/N nats, and the score divides it by the original entropy. Up to 1% of the values
+    # may move.
+    values = int(np.prod(x.shape[1:]))
+    bound = 0.01 * values * 2 * math.log(values) / values / first.original_complexity
+    assert_within(first.scores[1:2], alone.scores, bound[1:2], "in a batch vs alone")
+    assert_within(first.scores, again.scores, bound, "batch 3 vs the default")
+    assert (np.abs(first.scores - other.scores) > bound).any()  # another seed, other weights
 
 
 def test_passes_per_image_are_counted(uniform_cnn, digits):
