@@ -66,7 +66,9 @@ def test_the_paper_profile_runs_end_to_end_on_stand_in_weights(tmp_path, mirror,
     assert {"data", "sanity_checks", "expected_gradcam", "parchgrad"} <= {c["paper"] for c in claims}
     for path in (repo / "metrics").rglob("*.json"):
         data = json.loads(path.read_text())
-        if isinstance(data, dict) and data.get("model", "").startswith(("inception", "vgg", "resnet")):
+        model = data.get("model") if isinstance(data, dict) else None
+        name = model.get("name") if isinstance(model, dict) else model  # claims: {name, …}
+        if isinstance(name, str) and name.startswith(("inception", "vgg", "resnet")):
             assert "stand_in_weights" in data, f"{path} ran on stand-in weights without saying so"
     manifest = json.loads((repo / "datasets" / "ilsvrc2012_val" / "manifest.json").read_text())
     assert manifest["available"] is archives
