@@ -270,11 +270,16 @@ class StageContext:
     def input(self, name: str) -> Path:
         return self.inputs[name]
 
+    @property
+    def label(self) -> str:
+        """The stage's name with its matrix item (``train@mnist-cnn-true``)."""
+        return self.stage.name + ("@" + "-".join(self.item.values()) if self.item else "")
+
     def done(self) -> None:
         if self.stand_in:
             self._stamp_metrics()
         written = ", ".join(str(p) for p in self.outputs.values())
-        log.info("%s: wrote %s in %.1f s", self.stage.name, written, self.seconds)
+        log.info("%s: wrote %s in %.1f s", self.label, written, self.seconds)
 
     def _stamp_metrics(self) -> None:
         """Every metrics file of a run on stand-in weights says so, first thing."""
@@ -508,7 +513,7 @@ def record_timing(context: StageContext, started: float | None) -> None:
     (interpreter start-up, imports and loading included), for the per-stage table."""
     import json
 
-    name = context.stage.name + ("@" + "-".join(context.item.values()) if context.item else "")
+    name = context.label
     finished = time.time()
     record = {"stage": name, "compute_seconds": context.seconds,
               "process_seconds": round(finished - started, 1) if started else None,

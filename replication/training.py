@@ -27,6 +27,7 @@ from replication.errors import ConfigError, missing_input
 from replication.fileio import atomic_open, write_json
 from replication.metrics.stats import wilson_interval
 from replication.models import ModelCard, create_model
+from replication.progress import progress as bar
 from replication.schema import TrainRun
 
 log = logging.getLogger("replication")
@@ -141,10 +142,11 @@ def weight_rms(model: nn.Module, layer: str = "fc1") -> float:
 
 def fit(model: nn.Module, images: Tensor, labels: Tensor, config: TrainRun, *, seed: int,
         layers: tuple[str, ...], strength: float, device: torch.device,
-        progress: bool = False, after_step=None) -> dict[str, list]:
+        progress: str | None = None, after_step=None) -> dict[str, list]:
     """Adam on (images, labels): reshuffled every epoch, ``total_steps`` steps; returns the log
     (step, lr, data loss and batch accuracy averaged since the last entry, penalty, fc1 RMS).
-    ``after_step(step, model)``, if given, is called after every step (snapshots for studies)."""
+    ``progress`` names a bar of the steps on stderr; ``after_step(step, model)``, if given, is
+    called after every step (snapshots for studies)."""
     steps = total_steps(config, len(labels))
     rates = learning_rates(config, steps)
     # The fused kernel updates all of a model's weights at once: on a CPU it makes an Adam step
@@ -158,7 +160,7 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, config: TrainRun, *, s
                                                 "penalty", "fc1_rms")}
     order, position, loss_sum, correct, seen = torch.empty(0, dtype=torch.long), 0, 0.0, 0, 0
     model.train()
-    for step in range(steps):
+    for step in (bar(range(steps), progress, unit="step") if progress else range(steps)):
         if position >= len(order):
             order, position = torch.randperm(len(labels), generator=generator), 0
         batch = order[position:position + config.batch_size]
@@ -184,9 +186,6 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, config: TrainRun, *, s
                                ("penalty", penalty), ("fc1_rms", weight_rms(model))):
                 history[key].append(value)
             loss_sum, correct, seen = 0.0, 0, 0
-            if progress:
-                log.info("step %d/%d: data loss %.4f, penalty %.4f, fc1 RMS %.4f", step + 1,
-                         steps, history["data_loss"][-1], penalty, history["fc1_rms"][-1])
     return history
 
 
@@ -250,8 +249,8 @@ def evaluate_splits(model: nn.Module, data: TrainingData, device: torch.device,
 def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.PathLike,
                       config: TrainRun, *, seed: int, init: str, l2_penalty: float,
                       l2_layers: str = "authors_code", validation_size: int = 5000,
-                      train_acc_images: int | None = None, device: str = "auto",
-                      progress: bool = False) -> tuple[nn.Module, dict]:
+                      train_acc_images: int | None = None,
+                      device: str = "auto") -> tuple[nn.Module, dict]:
     """Train one model of the data-randomization matrix; return it and its metrics (accuracies
     with Wilson intervals, the final loss split into data and penalty terms, fc1's RMS, the
     equilibrium criterion and the training log)."""
@@ -267,7 +266,7 @@ def train_mnist_model(dataset: str, arch: str, labels: str, folder: str | os.Pat
              config.schedule, strength, list(layers) or "nothing")
     start = time.perf_counter()
     history = fit(model, *data.train, config, seed=own_seed, layers=layers, strength=strength,
-                  device=target, progress=progress)
+                  device=target, progress=f"training {dataset}-{arch}-{labels}")
     seconds = time.perf_counter() - start
     start = time.perf_counter()
     accuracies = evaluate_splits(model, data, target, train_acc_images)

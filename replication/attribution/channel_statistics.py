@@ -42,6 +42,7 @@ from replication.attribution._significance import (class_log_pvalues, float32_ti
 from replication.errors import ConfigError, DataError, missing_input
 from replication.fileio import atomic_open
 from replication.models.base import ModelCard
+from replication.progress import progress
 
 Mode = Literal["class", "instance"]
 MODES = ("class", "instance")
@@ -316,7 +317,9 @@ def gather_gap(model: nn.Module, loader: Iterable, convs: Sequence[str] | None =
     model.eval()
     try:
         with torch.no_grad():
-            for batch in loader:
+            batches = progress(loader, "channel GAPs", unit="batch",
+                               total=len(loader) if hasattr(loader, "__len__") else None)
+            for batch in batches:
                 inputs, labels = _split_batch(batch)
                 recorder.calls.clear()
                 start, size = recorder.offset, inputs.shape[0]

@@ -27,7 +27,8 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 class Explainer:
     """Maps of many images, ``batch_size`` at a time, on ``device`` (the model is moved there
-    on first use and stays). ``progress`` names a tqdm bar on stderr for long loops."""
+    on first use and stays). ``progress`` names a tqdm bar on stderr (with the method's name) for
+    a long call."""
 
     def __init__(self, device: torch.device | str = "cpu", batch_size: int = 16,
                  progress: str | None = None):
@@ -55,7 +56,8 @@ class Explainer:
         """Raw maps (layer resolution for CAMs) of ``images`` for ``targets``, on the CPU."""
         self.place(attribution.model)
         maps = [attribution.attribute(images[rows].to(self.device), targets[rows].to(self.device))
-                .cpu() for rows in self._batches(len(images), self.progress)]
+                .cpu() for rows in self._batches(len(images), self.progress and
+                                                 f"{self.progress} {attribution.name}")]
         if not maps:
             raise ValueError("no images to explain")
         return torch.cat(maps)

@@ -18,7 +18,6 @@ from replication.data import imagenet
 from replication.data.tensors import ImageNetImages, mnist_tensors
 from replication.devices import resolve_device
 from replication.errors import DataError
-from replication.fileio import read_table, write_table
 from replication.models import ModelCard, create_model
 
 
@@ -124,11 +123,7 @@ def stage_device(ctx) -> torch.device:
     return ctx.cache["device"]
 
 
-def stage_explainer(ctx, batch_size: int, progress: str | None = None) -> Explainer:
-    """The engine's batch loop on the stage's device."""
-    return Explainer(stage_device(ctx), batch_size=batch_size, progress=progress)
-
-
-# TEMPORARY aliases while the paper packages move to fileio's table I/O.
-write_csv = write_table
-read_csv = read_table
+def stage_explainer(ctx, batch_size: int) -> Explainer:
+    """The engine's batch loop on the stage's device; a long call shows a bar named after the
+    stage and the method."""
+    return Explainer(stage_device(ctx), batch_size=batch_size, progress=ctx.label)

@@ -21,6 +21,7 @@ import pandas as pd
 from replication import plotting
 from replication.attribution import Explainer
 from replication.experiments.common import stage_explainer
+from replication.progress import progress
 from replication.experiments.expected_gradcam import drawing
 from replication.experiments.expected_gradcam.drawing import (Table, View, colour, gallery,
                                                               model_label, overlay, paired_table,
@@ -58,7 +59,7 @@ def compare_methods(loaded: Loaded, settings: Comparison, methods: Mapping[str, 
     specs = metric_specs(settings.metrics, "comparison.metrics")
     rows: list[dict] = []
     panels: dict[str, np.ndarray] = {}
-    for method in settings.methods:
+    for method in progress(settings.methods, f"{loaded.name} comparison", unit="method"):
         n_method = count(settings.method_cap(method), len(x_all))
         if n_method == 0:
             continue

@@ -33,6 +33,7 @@ from replication.fileio import (atomic_directory, atomic_write_text, read_arrays
                                 write_table)
 from replication.models.imagenet import STAND_IN_NOTE
 from replication.plotting import save_figure, stamp_figures, use_style
+from replication.progress import progress
 
 log = logging.getLogger("replication")
 
@@ -194,7 +195,7 @@ def run(ctx) -> None:
 
 def _draw_all(ctx, model: str, note: str, claims: list[Claim]) -> None:
     with atomic_directory(ctx.output("out")) as out:
-        for figure in FIGURES:
+        for figure in progress(FIGURES, "sanity_figures", unit="figure"):
             paths = [_source_path(ctx, source.format(model=model)) for source in figure.sources]
             missing = [str(p) for p in paths if not p.exists()]
             if missing:
