@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from replication.data import sanity_images
+from replication.data import fetch, sanity_images
 from replication.data.imagenet import read_labels
 from replication.errors import ChecksumMismatch, DataUnavailable
 
@@ -45,7 +45,7 @@ def test_upstream_archives_are_used_without_a_mirror_and_verified(mirror, tmp_pa
     def fake_download(url, sink, network):
         sink.write(good)
 
-    monkeypatch.setattr(sanity_images, "download", fake_download)
+    monkeypatch.setattr(fetch, "download", fake_download)
     sanity_images.prepare(tmp_path / "a", mirror=None)
     assert len(read_labels(tmp_path / "a")) == 203
 
@@ -55,7 +55,7 @@ def test_upstream_archives_are_used_without_a_mirror_and_verified(mirror, tmp_pa
         data[index] ^= 0xFF
         sink.write(bytes(data))
 
-    monkeypatch.setattr(sanity_images, "download", corrupt)
+    monkeypatch.setattr(fetch, "download", corrupt)
     with pytest.raises((ChecksumMismatch, zipfile.BadZipFile)):
         sanity_images.prepare(tmp_path / "b", mirror=None)
     assert not (tmp_path / "b").exists()

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -87,6 +88,22 @@ def download(url: str, sink: BinaryIO, network: Network) -> None:
         time.sleep(delay)
 
 
+def download_each(urls: Iterable[str], network: Network,
+                  errors: list[str]) -> Iterator[tuple[str, BinaryIO]]:
+    """``(url, its content in a temporary file, rewound)`` for each of ``urls`` in turn that
+    downloads; a failed one is recorded in ``errors`` and the next tried. Stop iterating once
+    one has given what you need (the temporary file is closed then)."""
+    for url in urls:
+        with tempfile.TemporaryFile() as sink:
+            try:
+                download(url, sink, network)
+            except OSError as err:  # URLError, timeouts and connection errors are OSErrors
+                errors.append(f"{url}: {err}")
+                continue
+            sink.seek(0)
+            yield url, sink
+
+
 def unavailable(what: str, mirror: Path | None, errors: list[str]) -> DataUnavailable:
     where = f"not in the mirror {mirror}" if mirror else f"{MIRROR_ENV} is not set"
     tried = "; ".join(errors) if errors else "no upstream source"
@@ -122,15 +139,8 @@ def fetch_file(raw: RawFile, dest: str | os.PathLike, *, mirror: Path | None,
         source = str(mirror / raw.mirror_path)
         atomic_write_bytes(dest, _verified(raw, Path(source).read_bytes(), source))
         return source
-    errors = []
-    for url in raw.urls:
-        with tempfile.TemporaryFile() as sink:
-            try:
-                download(url, sink, network)
-            except (urllib.error.URLError, OSError) as err:
-                errors.append(f"{url}: {err}")
-                continue
-            sink.seek(0)
-            atomic_write_bytes(dest, _verified(raw, sink.read(), url))
-            return url
+    errors: list[str] = []
+    for url, sink in download_each(raw.urls, network, errors):
+        atomic_write_bytes(dest, _verified(raw, sink.read(), url))
+        return url
     raise unavailable(raw.mirror_path, mirror, errors)

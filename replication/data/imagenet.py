@@ -12,14 +12,13 @@ import io
 import logging
 import os
 import tarfile
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from replication.data.fetch import Network, download, unavailable
+from replication.data.fetch import Network, download_each, unavailable
 from replication.errors import ChecksumMismatch, DataError, missing_input
 from replication.fileio import CHUNK, atomic_directory, atomic_write_text, sha256_bytes, write_json
 
@@ -134,19 +133,12 @@ def prepare_sample(out_dir: str | os.PathLike, *, mirror: Path | None,
             _sample_from_mirror(mirror, images)
             source = str(mirror / SAMPLE_MIRROR_FOLDER)
         else:
-            source, errors = "", []
-            for url in SAMPLE_ARCHIVE_URLS:
-                with tempfile.TemporaryFile() as sink:
-                    try:
-                        download(url, sink, network)
-                    except OSError as err:
-                        errors.append(f"{url}: {err}")
-                        continue
-                    with zipfile.ZipFile(sink) as archive:
-                        _sample_from_archive(archive, url, images)
-                    source = url
-                    break
-            if not source:
+            errors: list[str] = []
+            for source, sink in download_each(SAMPLE_ARCHIVE_URLS, network, errors):
+                with zipfile.ZipFile(sink) as archive:
+                    _sample_from_archive(archive, source, images)
+                break
+            else:
                 raise unavailable(f"{SAMPLE_MIRROR_FOLDER}/ (1000 images)", mirror, errors)
         write_labels(tmp / "labels.csv", [_label_row(name) for name in sample_checksums()])
     return source

@@ -19,13 +19,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import tempfile
 import zipfile
 from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from replication.data.fetch import Network, download, unavailable
+from replication.data.fetch import Network, download_each, unavailable
 from replication.data.imagenet import classes, class_index, write_labels
 from replication.errors import ChecksumMismatch, DataError
 from replication.fileio import atomic_directory, sha256_bytes, write_json
@@ -84,18 +83,12 @@ def _from_mirror(mirror: Path) -> dict[str, bytes]:
 def _from_archives(network: Network) -> tuple[dict[str, bytes], list[str]]:
     files: dict[str, bytes] = {}
     errors: list[str] = []
-    for url in ARCHIVES:
-        with tempfile.TemporaryFile() as sink:
-            try:
-                download(url, sink, network)
-            except OSError as err:
-                errors.append(f"{url}: {err}")
-                continue
-            with zipfile.ZipFile(sink) as archive:
-                for member in archive.namelist():
-                    _, _, inside = member.partition("/data/")
-                    if inside in pins() and inside not in files:
-                        files[inside] = _verified(inside, archive.read(member), url)
+    for url, sink in download_each(ARCHIVES, network, errors):
+        with zipfile.ZipFile(sink) as archive:
+            for member in archive.namelist():
+                _, _, inside = member.partition("/data/")
+                if inside in pins() and inside not in files:
+                    files[inside] = _verified(inside, archive.read(member), url)
     return files, errors
 
 
