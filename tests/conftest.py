@@ -54,6 +54,17 @@ def paper_images(mirror, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def cnn():
+    """The MNIST CNN with seeded authors' initial weights (untrained), one per test module."""
+    import torch
+
+    from replication.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("mnist_cnn")
+
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every download fails as it would offline; returns the list of URLs that were tried."""

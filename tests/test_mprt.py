@@ -42,12 +42,6 @@ EPS64 = np.finfo(np.float64).eps
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    torch.manual_seed(0)
-    return create_model("mnist_cnn")
-
-
-@pytest.fixture(scope="module")
 def uniform_cnn():
     """The CNN with PyTorch's uniform initialisers: the default randomization (fresh draws of
     the card's initialiser) without the authors' truncated normal, which is slow to draw."""

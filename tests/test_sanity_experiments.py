@@ -48,12 +48,6 @@ def digits(mnist_folder):
 
 
 @pytest.fixture(scope="module")
-def cnn():
-    torch.manual_seed(0)
-    return create_model("mnist_cnn")
-
-
-@pytest.fixture(scope="module")
 def explainer():
     return Explainer()
 
