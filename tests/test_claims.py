@@ -148,6 +148,28 @@ def test_repository_claims_are_well_formed():
     assert claims and all(c.ours_file.startswith("metrics/") for c in claims)
 
 
+# Sampled claims whose n no setting moves: the 10,000 test images of each accuracy, and
+# identities computed on one random model.
+FIXED_N = {"M1", "M2", "M7", "M8", "M9", "M10", "C17", "C18-locality"}
+
+
+def test_every_sampled_claim_names_the_setting_of_its_n():
+    """So an inconclusive verdict can say whether the paper profile's n would decide it."""
+    import yaml
+
+    from conftest import ROOT
+    from replication.config import get, load_params
+
+    paper = load_params(ROOT / "params.yaml", "paper")
+    for path in sorted((ROOT / "claims").glob("*.yaml")):
+        for claim in yaml.safe_load(path.read_text())["claims"]:
+            if not claim.get("exact") and claim["id"] not in FIXED_N:
+                assert "n_setting" in claim, f"{path.name}: {claim['id']}"
+            if "n_setting" in claim:  # null: all the images (M3-M6's 55,000)
+                value = get(paper, claim["n_setting"])
+                assert value is None or isinstance(value, int), claim["id"]
+
+
 def _claim(op: str, **fields) -> Claim:
     return Claim(id="X", paper="sanity_checks", where="", statement="", ours_file="m.json",
                  ours_key="v", op=op, **fields)
@@ -246,3 +268,27 @@ def test_a_run_on_stand_in_weights_says_so_at_the_top_of_the_report(tmp_path):
                  root=tmp_path)
     first = (tmp_path / "r.md").read_text().splitlines()[2]
     assert first.startswith("> **stand-in weights") and "meaningless" in first
+
+
+def test_the_claim_values_of_a_stand_in_run_are_stamped(tmp_path):
+    """Every paper's claims stage reads `stand_in_weights` and, in a dry run, stamps its
+    metrics as the figures and the report are (it loads no model to learn it from)."""
+    from pathlib import Path
+
+    from conftest import stage_context
+    from replication.pipeline import get_stage, stages
+
+    claim_stages = [s for s in stages().values()
+                    if any(Path(o.path).parts[0] == "metrics" and Path(o.path).name == "claims.json"
+                           for o in s.outs.values())]
+    assert {s.name for s in claim_stages} == {"sanity_claims", "egc_claims", "parchgrad_claims"}
+    assert all("stand_in_weights" in s.reads for s in claim_stages)
+    stage = get_stage("egc_claims")  # the one that runs on no tables at all
+    for stand_in in (True, False):
+        out = tmp_path / str(stand_in) / "claims.json"
+        ctx = stage_context("egc_claims", stand_in_weights=stand_in, outputs={"claims": out},
+                            inputs={k: tmp_path / "none" / Path(v).name
+                                    for k, v in stage.deps.items()})
+        stage.function()(ctx)
+        ctx.done()
+        assert ("stand_in_weights" in json.loads(out.read_text())) is stand_in

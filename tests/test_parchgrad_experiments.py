@@ -611,17 +611,6 @@ def test_figures_of_a_stand_in_run_are_stamped(tmp_path, monkeypatch):
     assert seen == [figures.STAND_IN_STAMP, None] and plotting._STAMP is None
 
 
-def test_sampled_claims_name_the_setting_of_their_n():
-    from replication.config import get, load_params
-
-    paper = load_params(ROOT / "params.yaml", "paper")
-    for claim in yaml.safe_load((ROOT / "claims" / "parchgrad.yaml").read_text())["claims"]:
-        if not claim.get("exact"):
-            assert "n_setting" in claim, claim["id"]
-        if "n_setting" in claim:
-            assert isinstance(get(paper, claim["n_setting"]), int), claim["id"]
-
-
 # --------------------------------------------------------------------------- the figure table
 
 def _inventory() -> dict[str, str]:
