@@ -84,7 +84,8 @@ STAGES = [
     # The claims read which models explain ImageNet images and whether the ILSVRC2012 folder
     # was prepared, to say when an ImageNet claim fell back to the sample.
     Stage("parchgrad_claims", f"{PACKAGE}.claims:run",
-          reads=("seed", "imagenet.source", "parchgrad.models", "parchgrad.claims"),
+          reads=("seed", "stand_in_weights", "imagenet.source", "parchgrad.models",
+                 "parchgrad.claims"),
           deps={**RESULT_FOLDERS, "statistics_metrics": f"{METRICS}/statistics",
                 "imagenet_sample": DATA["imagenet_sample"],
                 "ilsvrc2012_val": DATA["ilsvrc2012_val"]},
