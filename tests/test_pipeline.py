@@ -89,3 +89,14 @@ def test_data_folder_restored_from_the_template_matches_data_dvc(smoke_repo):
     repo, env = smoke_repo
     status = _run([str(BIN / "dvc"), "status", "data.dvc"], repo, env).stdout
     assert "modified" not in status and "deleted" not in status
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_stages_flush_subnormal_floats_to_zero(flush):
+    """run_stage flushes subnormals (benchmarks/results/denormals.md); in a fresh process, since
+    the mode is process-wide."""
+    code = ("import torch\nfrom replication.pipeline import flush_denormals\n"
+            + ("flush_denormals()\n" if flush else "")
+            + "x = torch.full((64,), 1e-39)\nprint(float((x * 1.5).sum()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (float(out.stdout) == 0.0) is flush
