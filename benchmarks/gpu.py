@@ -12,6 +12,10 @@ offline ones, this measures on the device:
 
     python benchmarks/gpu.py --device cuda --budget 480   # the lent machine: ~8 minutes
     python benchmarks/gpu.py --device cpu --models mnist_cnn --budget 60   # a check on a CPU
+    python benchmarks/gpu.py --device cpu --batch 16 --no-methods \
+        --models efficientnet_lite0 efficientnet_lite1 efficientnet_lite2 mnist_cnn mnist_mlp
+        # this CPU's per-pass times: `cost --profile quick --throughput …` gives the quick
+        # profile's floor here
 
 Everything is written as soon as it is measured, so a run stopped by its budget (or a signal)
 keeps what it had. Not a test, never part of CI.
@@ -87,7 +91,7 @@ def write(path: Path, data: dict) -> None:
 
 
 def measure(models: list[str], device: torch.device, batch: int, budget: float,
-            out: Path) -> None:
+            out: Path, with_methods: bool = True) -> None:
     sync, started = synchronized(device), time.monotonic()
     name = device_name(device)
     throughput = {"device": name, "batch": batch, "models": {}}
@@ -123,7 +127,7 @@ def measure(models: list[str], device: torch.device, batch: int, budget: float,
         write(paths[0], throughput)
         print(model_name, throughput["models"][model_name], flush=True)
         methods["ms_per_map"][model_name] = {}
-        for method, params in METHODS.items():
+        for method, params in (METHODS if with_methods else {}).items():
             if left() <= 0:
                 break
             params = dict(params)
@@ -147,7 +151,9 @@ def measure(models: list[str], device: torch.device, batch: int, budget: float,
         del card
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"wrote {paths[0]} and {paths[1]} in {time.monotonic() - started:.0f} s", flush=True)
+    written = paths if with_methods else paths[:1]
+    print(f"wrote {' and '.join(map(str, written))} in {time.monotonic() - started:.0f} s",
+          flush=True)
 
 
 def main() -> None:
@@ -158,8 +164,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--budget", type=float, default=480.0, help="seconds to spend at most")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--no-methods", dest="with_methods", action="store_false",
+                        help="the per-pass throughput only (what `cost --throughput` reads)")
     args = parser.parse_args()
-    measure(args.models, torch.device(args.device), args.batch, args.budget, args.out)
+    measure(args.models, torch.device(args.device), args.batch, args.budget, args.out,
+            args.with_methods)
 
 
 if __name__ == "__main__":
