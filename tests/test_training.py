@@ -17,9 +17,9 @@ from replication.data.idx import encode_idx
 from replication.data.tensors import mnist_tensors, permuted_labels
 from replication.errors import ConfigError, DataError
 from replication.schema import TrainRun, TrainSettings
-from replication.training import (TrainingData, equilibrium, initial_card, l2_penalty_term,
-                                  learning_rates, load_checkpoint, model_seed,
-                                  run_training_stage, total_steps, train_mnist_model)
+from replication.training import (TrainingData, decayed_parameter_groups, equilibrium,
+                                  initial_card, l2_penalty_term, learning_rates, load_checkpoint,
+                                  model_seed, run_training_stage, total_steps, train_mnist_model)
 
 # A real-MNIST folder cut to the first images, so a whole run (training and the evaluation of
 # every split) takes seconds: 1,000 training images of which the first 200 are validation.
@@ -113,6 +113,32 @@ def test_the_mlp_penalty_follows_the_reading(tiny_mnist, reading, penalised):
     assert (metrics["final"]["penalty"] > 0) == bool(penalised)
     assert metrics["final"]["penalty"] == pytest.approx(
         float(l2_penalty_term(model, tuple(penalised), 0.001)), rel=1e-6, abs=0)
+
+
+@pytest.mark.parametrize("arch, layers", [("mlp", ("fc1", "fc2", "fc3")),
+                                           ("cnn", ("conv1", "conv2", "fc1"))])
+def test_adam_weight_decay_takes_the_steps_of_the_l2_penalty_through_autograd(arch, layers):
+    """The training loop applies λ·Σ½‖W‖² as Adam's coupled weight decay: its steps are those
+    of the penalty added to the loss, to float32 rounding. λ is large, so that a missing or
+    misplaced decay moves the weights by ≈ lr a step, far beyond the tolerance."""
+    strength, lr, steps = 0.5, 1e-3, 3
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    decayed, penalised = (initial_card(arch, "true", 0, "authors_code").model for _ in range(2))
+    by_decay = torch.optim.Adam(decayed_parameter_groups(decayed, layers, strength), lr=lr)
+    by_penalty = torch.optim.Adam(penalised.parameters(), lr=lr)
+    for _ in range(steps):
+        for model, optimizer, penalty in ((decayed, by_decay, 0.0), (penalised, by_penalty, 1.0)):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            (loss + penalty * l2_penalty_term(model, layers, strength)).backward()
+            optimizer.step()
+    for (name, a), b in zip(decayed.named_parameters(), penalised.parameters()):
+        # the two gradients differ by a few roundings; Adam's normalised step passes at most a
+        # quarter of a relative gradient error on, so each step adds ≈ eps·(|W| + lr)
+        scale = float(b.detach().abs().max()) + steps * lr
+        tolerance = atol(scale, ops=8 * steps, dtype=torch.float32)
+        assert (a - b).abs().max() <= tolerance, name
 
 
 def test_the_mlp_paper_text_penalty_shrinks_the_weights_of_never_lit_pixels(tiny_mnist):
