@@ -42,7 +42,7 @@ def run_accuracy_stage(ctx) -> None:
     from replication.devices import resolve_device
     from replication.fileio import atomic_directory, write_json
     from replication.models import create_model
-    from replication.models.imagenet import STAND_IN_NOTE
+    from replication.models.imagenet import stand_in_stamped
 
     section = ctx.settings("imagenet")
     device = resolve_device(ctx.settings("device"))
@@ -55,7 +55,7 @@ def run_accuracy_stage(ctx) -> None:
             result = imagenet_accuracy(card, folder, limit=section.accuracy_images)
             result.update(images=str(folder), fallback_note=note)
             if card.stand_in:  # stamped per model: the other files' weights are real
-                result = {"stand_in_weights": STAND_IN_NOTE, **result}
+                result = stand_in_stamped(result)
             logging.getLogger("replication").info("%s: top-1 %.4f on %d images", name,
                                                   result["top1"], result["n_images"])
             write_json(tmp / f"{name}.json", result)

@@ -78,6 +78,9 @@ class Stage:
     help: str = ""
     params_file: str | None = None  # read whole instead of a settings file (the settings stage)
     cost: str | None = None  # "module:function": the passes its settings imply (replication.cost)
+    # Judges the outputs of models it does not load (the claims): its metrics are stamped
+    # whenever `stand_in_weights` is on (it must read it), as the figures and the report are.
+    judges_models: bool = False
 
     @property
     def module(self) -> str:
@@ -276,7 +279,7 @@ class StageContext:
         return self.stage.name + ("@" + "-".join(self.item.values()) if self.item else "")
 
     def done(self) -> None:
-        if self.stand_in:
+        if self.stand_in or (self.stage.judges_models and self.settings("stand_in_weights")):
             self._stamp_metrics()
         written = ", ".join(str(p) for p in self.outputs.values())
         log.info("%s: wrote %s in %.1f s", self.label, written, self.seconds)
@@ -286,7 +289,7 @@ class StageContext:
         import json
 
         from replication.fileio import write_json
-        from replication.models.imagenet import STAND_IN_NOTE
+        from replication.models.imagenet import stand_in_stamped
 
         for name, out in self.stage.outs.items():
             path = self.outputs[name]
@@ -294,8 +297,7 @@ class StageContext:
                 continue
             for file in ([path] if path.is_file() else sorted(path.rglob("*.json"))):
                 if file.suffix == ".json":
-                    write_json(file, {"stand_in_weights": STAND_IN_NOTE,
-                                      **json.loads(file.read_text())})
+                    write_json(file, stand_in_stamped(json.loads(file.read_text())))
 
 
 def _lookup(tree: Mapping[str, Any], path: list[str]) -> Any:

@@ -317,9 +317,7 @@ def gather_gap(model: nn.Module, loader: Iterable, convs: Sequence[str] | None =
     model.eval()
     try:
         with torch.no_grad():
-            batches = progress(loader, "channel GAPs", unit="batch",
-                               total=len(loader) if hasattr(loader, "__len__") else None)
-            for batch in batches:
+            for batch in progress(loader, "channel GAPs", unit="batch"):
                 inputs, labels = _split_batch(batch)
                 recorder.calls.clear()
                 start, size = recorder.offset, inputs.shape[0]

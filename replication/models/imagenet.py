@@ -25,6 +25,11 @@ STAND_IN_NOTE = ("stand-in weights: seeded random weights of the same architectu
                  "unavailable pretrained ones; every number is meaningless")
 
 
+def stand_in_stamped(metrics: dict) -> dict:
+    """``metrics`` with ``STAND_IN_NOTE`` first: what a metrics file of a stand-in run holds."""
+    return {"stand_in_weights": STAND_IN_NOTE, **metrics}
+
+
 def _torchvision(name: str, pretrained: bool, stand_in: bool = False, **kwargs) -> nn.Module:
     """torchvision's ``name``: random (``pretrained=False``), pretrained, or, when the pretrained
     weights cannot be obtained and ``stand_in`` is set, a stand-in (``stand_in_model``)."""

@@ -520,7 +520,6 @@ def directions_of(summary: pd.DataFrame) -> dict[str, bool]:
 
 def run(ctx) -> None:
     """The egc_claims stage: metrics/expected_gradcam/claims.json from the tables."""
-    ctx.stand_in = ctx.settings("stand_in_weights")  # stamped in a dry run, as the figures are
     tables = {name: read_table(ctx.input(name), missing="empty") for name in ctx.stage.deps
               if ctx.input(name).suffix == ".csv"}
     pairing = Pairing(ctx.settings("expected_gradcam.bootstrap"), ctx.settings("seed"),

@@ -21,7 +21,6 @@ import pandas as pd
 from replication import plotting
 from replication.attribution import Explainer
 from replication.experiments.common import stage_explainer
-from replication.progress import progress
 from replication.experiments.expected_gradcam import drawing
 from replication.experiments.expected_gradcam.drawing import (Table, View, colour, gallery,
                                                               model_label, overlay, paired_table,
@@ -34,6 +33,7 @@ from replication.experiments.expected_gradcam.methods import (REFERENCE_METHOD, 
 from replication.experiments.expected_gradcam.settings import Bootstrap, Comparison, metric_specs
 from replication.fileio import concat_tables, json_safe, write_json, write_npz, write_table
 from replication.metrics import stats
+from replication.progress import progress
 
 NUMERICAL_TOLERANCE = 1e-6  # relative: differences below it are float round-off
 SCORE_COLUMNS = ["model", "method", "image", "metric", "value"]

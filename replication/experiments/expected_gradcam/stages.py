@@ -86,7 +86,7 @@ STAGES = [
                "C7: energy of each map in the ILSVRC2012 boxes (not run without boxes)"),
     Stage("egc_claims", f"{PACKAGE}.claims:run",
           reads=("seed", "stand_in_weights", "expected_gradcam.bootstrap",
-                 "expected_gradcam.claims"),
+                 "expected_gradcam.claims"), judges_models=True,
           deps={**{name: TABLES[name] for name in CLAIM_TABLES},
                 "localisation_metrics": f"{METRICS}/localisation.json"},
           outs={"claims": summary("claims.json")},

@@ -512,7 +512,6 @@ def fallback_notes(ctx, statistics: Mapping[str, dict]) -> dict[str, str]:
 
 def run(ctx) -> None:
     """Every claim value from the tables into one JSON (``metrics/parchgrad/claims.json``)."""
-    ctx.stand_in = ctx.settings("stand_in_weights")  # stamped in a dry run, as the figures are
     statistics = read_statistics_summaries(ctx.input("statistics_metrics"))
     inputs = Inputs(read_results(ctx.input(name) for name in RESULTS), statistics,
                     ctx.settings("parchgrad.claims"), ctx.settings("seed"),

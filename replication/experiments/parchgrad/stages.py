@@ -85,7 +85,7 @@ STAGES = [
     # was prepared, to say when an ImageNet claim fell back to the sample.
     Stage("parchgrad_claims", f"{PACKAGE}.claims:run",
           reads=("seed", "stand_in_weights", "imagenet.source", "parchgrad.models",
-                 "parchgrad.claims"),
+                 "parchgrad.claims"), judges_models=True,
           deps={**RESULT_FOLDERS, "statistics_metrics": f"{METRICS}/statistics",
                 "imagenet_sample": DATA["imagenet_sample"],
                 "ilsvrc2012_val": DATA["ilsvrc2012_val"]},

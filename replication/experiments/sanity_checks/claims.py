@@ -541,7 +541,6 @@ def per_model_claims(by_model: Mapping[str, dict[str, dict]]) -> dict[str, dict]
 def run(ctx) -> None:
     """`sanity_claims`: every claim value of the paper from the stage tables, into one JSON
     file; and the option study's verdicts (on the primary ImageNet model)."""
-    ctx.stand_in = ctx.settings("stand_in_weights")  # stamped in a dry run, as the figures are
     run_models = ctx.settings("sanity_checks.imagenet.run_models")
     claims = per_model_claims({model: imagenet_claims(ctx, model) for model in run_models})
     pairs, retrained = data_randomization_tables(ctx.input("data_randomization"),

@@ -130,7 +130,7 @@ STAGES = [
           help="beyond the paper: the paper's MPRT, sMPRT and eMPRT on the ImageNet models"),
     Stage("sanity_claims", f"{PACKAGE}.claims:run",
           reads=("profile", "seed", "stand_in_weights", "sanity_checks.imagenet.run_models",
-                 "sanity_checks.claims"),
+                 "sanity_checks.claims"), judges_models=True,
           deps={**TABLES, "bn_study": f"{RESULTS}/bn_study.csv", "claims": CLAIMS},
           outs={"verdicts": Out(f"{RESULTS}/bn_study_verdicts.csv", cache=False),
                 "seed_spread": Out(f"{RESULTS}/seed_spread.csv", cache=False),
