@@ -504,8 +504,32 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+KEPT_FREE_BYTES = 1 << 30  # freed memory at the heap's top kept for reuse, up to 1 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default a block above its mmap threshold (128 KiB, rising to at most 32 MiB: less than
+    the activations of an EfficientNet batch) is a fresh mmap, and freed heap tops are trimmed,
+    so each large tensor is paid again in page faults:
+    a third of the Lite0 randomization stage's CPU time was the kernel's, and the same pass
+    varied by 30 % between runs with it (``benchmarks/allocator.py``). Outputs are unchanged.
+    Returns whether it applied (only where the C library is glibc)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, KEPT_FREE_BYTES))
+
+
 def run_stage(stage: Stage, args: Any, started: float | None = None) -> None:
     flush_denormals()
+    keep_freed_memory()
     item = {key: getattr(args, key) for key in stage.matrix}
     inputs = {name: Path(getattr(args, name)) for name in stage.deps}
     outputs = {name: Path(getattr(args, name)) for name in stage.outs}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,24 @@ def test_stages_flush_subnormal_floats_to_zero(flush):
             + "x = torch.full((64,), 1e-39)\nprint(float((x * 1.5).sum()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert (float(out.stdout) == 0.0) is flush
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_stages_keep_freed_memory_instead_of_faulting_it_in_again():
+    """run_stage keeps freed memory for reuse (benchmarks/allocator.py): a 64 MiB tensor made
+    and freed 40 times faults its pages in a few times (the heap grows once), not 40 times; in
+    a fresh process, since malloc's settings are process-wide."""
+    def page_faults(keep: bool) -> int:
+        code = ("import resource, torch\nfrom replication.pipeline import keep_freed_memory\n"
+                + ("assert keep_freed_memory()\n" if keep else "")
+                + "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+                  "for _ in range(40):\n    torch.ones(16 << 20).sum()\n"
+                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        return int(out.stdout)
+
+    pages = (64 << 20) // 4096
+    assert page_faults(keep=False) > 20 * pages    # each tensor faulted in anew
+    assert page_faults(keep=True) < 8 * pages
+
