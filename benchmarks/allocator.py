@@ -17,10 +17,10 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _fresh import last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("default", "keep_freed_memory")
@@ -71,10 +71,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.processes):
         for mode in MODES:
-            out = subprocess.run([sys.executable, __file__, "--child", mode, "--passes",
-                                  str(args.passes), "--batch", str(args.batch)],
-                                 capture_output=True, text=True, check=True)
-            runs[mode].append(json.loads(out.stdout.splitlines()[-1]))
+            runs[mode].append(json.loads(last_line(__file__, "--child", mode, "--passes",
+                                                   str(args.passes), "--batch", str(args.batch))))
     rows = []
     for mode, measured in runs.items():
         row = {"mode": mode, **{key: round(statistics.median(r[key] for r in measured), 3)

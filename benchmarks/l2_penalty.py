@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from replication.pipeline import flush_denormals
 from replication.training import (ARCHS, L2_LAYERS, decayed_parameter_groups, initial_card,
                                   l2_penalty_term, memory_layout)
 
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/l2_penalty.json")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)  # as every stage (replication.pipeline.flush_denormals)
+    flush_denormals()  # as every stage
     rows = []
     for arch in ("mlp", "cnn"):
         ms = {way: [] for way in ("autograd", "weight_decay")}

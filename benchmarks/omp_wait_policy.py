@@ -23,10 +23,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from _fresh import last_line
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("train_cnn", "train_mlp", "lite0_ig")
@@ -69,9 +69,7 @@ def timed(name: str, policy: str | None) -> float:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    out = subprocess.run([sys.executable, __file__, "--run", name], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return float(out.strip().splitlines()[-1])
+    return float(last_line(__file__, "--run", name, env=env))
 
 
 def main() -> None:

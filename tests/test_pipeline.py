@@ -92,33 +92,33 @@ def test_data_folder_restored_from_the_template_matches_data_dvc(smoke_repo):
     assert "modified" not in status and "deleted" not in status
 
 
+def _in_fresh_process(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter: the settings tested are process-wide."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
+
+
 @pytest.mark.parametrize("flush", [False, True])
 def test_stages_flush_subnormal_floats_to_zero(flush):
-    """run_stage flushes subnormals (benchmarks/results/denormals.md); in a fresh process, since
-    the mode is process-wide."""
-    code = ("import torch\nfrom replication.pipeline import flush_denormals\n"
-            + ("flush_denormals()\n" if flush else "")
-            + "x = torch.full((64,), 1e-39)\nprint(float((x * 1.5).sum()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert (float(out.stdout) == 0.0) is flush
+    """run_stage flushes subnormals (benchmarks/results/denormals.md)."""
+    out = _in_fresh_process("import torch\nfrom replication.pipeline import flush_denormals\n"
+                            + ("flush_denormals()\n" if flush else "")
+                            + "x = torch.full((64,), 1e-39)\nprint(float((x * 1.5).sum()))")
+    assert (float(out) == 0.0) is flush
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_stages_keep_freed_memory_instead_of_faulting_it_in_again():
     """run_stage keeps freed memory for reuse (benchmarks/allocator.py): a 64 MiB tensor made
-    and freed 40 times faults its pages in a few times (the heap grows once), not 40 times; in
-    a fresh process, since malloc's settings are process-wide."""
+    and freed 40 times faults its pages in a few times (the heap grows once), not 40 times."""
     def page_faults(keep: bool) -> int:
-        code = ("import resource, torch\nfrom replication.pipeline import keep_freed_memory\n"
-                + ("assert keep_freed_memory()\n" if keep else "")
-                + "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-                  "for _ in range(40):\n    torch.ones(16 << 20).sum()\n"
-                  "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True)
-        return int(out.stdout)
+        return int(_in_fresh_process(
+            "import resource, torch\nfrom replication.pipeline import keep_freed_memory\n"
+            + ("assert keep_freed_memory()\n" if keep else "")
+            + "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+              "for _ in range(40):\n    torch.ones(16 << 20).sum()\n"
+              "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"))
 
     pages = (64 << 20) // 4096
     assert page_faults(keep=False) > 20 * pages    # each tensor faulted in anew
     assert page_faults(keep=True) < 8 * pages
-
